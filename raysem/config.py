@@ -1,0 +1,41 @@
+"""Validated hyperparameters of one knowledge-learning trial (method, optimisation, γ, seed)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Method = Literal["lora", "adalora", "adapter", "ia3", "full"]
+METHODS: tuple[str, ...] = ("lora", "adalora", "adapter", "ia3", "full")
+
+
+class TrialConfig(BaseModel):
+    """Everything that decides what a trial trains; defaults are the documented study defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method = "lora"
+    rank: int = Field(8, ge=1, description="LoRA / AdaLoRA final rank")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps packed and unpacked trials identical)")
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    adapter_size: int = Field(64, ge=1, description="Houlsby adapter bottleneck width")
+    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(20, ge=1, description="optimizer steps (each over one batch)")
+    batch_size: int = Field(16, ge=1, description="facts per optimizer step for k-fact trials")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(None, gt=0, description="per-trial gradient clipping; None = off")
+    gamma: float = Field(0.0, ge=0, description="semantic-distance re-weighting strength (Eq. 5); 0 = plain loss")
+    seed: int = 0
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage for full fine-tuning")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers for full fine-tuning")
+    ignore_case: bool = False
+
+    @field_validator("gamma", "lr", "weight_decay")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be finite, got {value!r}")
+        return value

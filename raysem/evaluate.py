@@ -1,0 +1,114 @@
+"""Base-model answers (y_old, target distance, locality references) and per-fact evaluation of a tuned model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from raysem import metrics
+from raysem.encoding import encode_targets, token_accuracy
+from raysem.facts import Fact
+from raysem.generate import greedy_answers, target_token_count
+from raysem.model import LoadedModel
+from raysem.semantics import AnswerEmbedder
+
+BaseRecord = dict[str, Any]
+"""One fact's base-model row: fact_id, y_old, y_old_raw, dist_old, target_tokens, prompt_tokens, y_old_empty, locality_base."""
+
+
+def _flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
+    flat = [item for group in groups for item in group]
+    return flat, [len(group) for group in groups]
+
+
+def _split(flat: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(list(flat[start : start + size]))
+        start += size
+    return out
+
+
+def base_records(lm: LoadedModel, facts: Sequence[Fact], batch_size: int = 32) -> list[BaseRecord]:
+    """Greedy y_old for each fact (``max_new_tokens`` = target token count), its target distance,
+    and the base model's greedy outputs on the locality prompts (budget = reference answer tokens)."""
+    budgets = [target_token_count(lm, f.target) for f in facts]
+    old = greedy_answers(lm, [f.prompt for f in facts], budgets, batch_size)
+    dist = AnswerEmbedder.from_model(lm).distance([a.text for a in old], [f.target for f in facts])
+    loc_prompts, loc_sizes = _flatten([[p.prompt for p in f.locality] for f in facts])
+    loc_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.locality]
+    loc_out = _split([a.text for a in greedy_answers(lm, loc_prompts, loc_budgets, batch_size)], loc_sizes)
+    return [
+        {
+            "fact_id": f.id,
+            "y_old": a.text,
+            "y_old_raw": a.raw,
+            "dist_old": float(d),
+            "target_tokens": budget,
+            "prompt_tokens": len(lm.tokenizer(lm.format_prompt(f.prompt), add_special_tokens=False).input_ids),
+            "y_old_empty": not a.text,
+            "locality_base": loc,
+        }
+        for f, a, d, budget, loc in zip(facts, old, dist, budgets, loc_out)
+    ]
+
+
+def evaluate_facts(
+    lm: LoadedModel,
+    facts: Sequence[Fact],
+    base: dict[str, BaseRecord],
+    embedder: AnswerEmbedder,
+    batch_size: int = 32,
+    ignore_case: bool = False,
+) -> list[dict[str, Any]]:
+    """Per-fact records for the (tuned) model in ``lm`` against the base rows in ``base`` (keyed by fact id).
+
+    ``embedder`` holds the base model's input embeddings, so dist_new and dist_old share one space.
+    """
+    missing = [f.id for f in facts if f.id not in base]
+    if missing:
+        raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
+    budgets = [base[f.id]["target_tokens"] for f in facts]
+    new = greedy_answers(lm, [f.prompt for f in facts], budgets, batch_size)
+    dist_new = embedder.distance([a.text for a in new], [f.target for f in facts])
+    tok_acc = token_accuracy(lm.model, encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]))
+
+    reph, reph_sizes = _flatten([f.rephrasings for f in facts])
+    reph_budgets = [budgets[i] for i, f in enumerate(facts) for _ in f.rephrasings]
+    reph_out = _split([a.text for a in greedy_answers(lm, reph, reph_budgets, batch_size)], reph_sizes)
+    loc, loc_sizes = _flatten([[p.prompt for p in f.locality] for f in facts])
+    loc_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.locality]
+    loc_out = _split([a.text for a in greedy_answers(lm, loc, loc_budgets, batch_size)], loc_sizes)
+    port, port_sizes = _flatten([[p.prompt for p in f.portability] for f in facts])
+    port_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.portability]
+    port_out = _split([a.text for a in greedy_answers(lm, port, port_budgets, batch_size)], port_sizes)
+
+    records = []
+    for i, f in enumerate(facts):
+        b = base[f.id]
+        accuracy = metrics.exact_match(new[i].text, f.target, ignore_case)
+        d_new, d_old = float(dist_new[i]), float(b["dist_old"])
+        portability = [metrics.exact_match(o, p.answer, ignore_case) for o, p in zip(port_out[i], f.portability)]
+        records.append(
+            {
+                "fact_id": f.id,
+                "prompt": f.prompt,
+                "target": f.target,
+                "y_old": b["y_old"],
+                "y_old_raw": b["y_old_raw"],
+                "y_new": new[i].text,
+                "y_new_raw": new[i].raw,
+                "exact_match": accuracy,
+                "token_accuracy": tok_acc[i],
+                "generality": metrics.mean_exact_match(reph_out[i], f.target, ignore_case),
+                "locality": metrics.locality(loc_out[i], list(b["locality_base"])),
+                "portability": sum(portability) / len(portability) if portability else math.nan,
+                "dist_old": d_old,
+                "dist_new": d_new,
+                "deviation": metrics.deviation(d_new, d_old),
+                "rd": metrics.relative_distance(d_new, d_old),
+                "bad_case": metrics.bad_case(accuracy, d_new),
+                "y_new_empty": not new[i].text,
+            }
+        )
+    return records

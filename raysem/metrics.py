@@ -1,0 +1,61 @@
+"""Per-fact metrics: exact match (Eq. 2), generality (Eq. 7), locality (Eq. 8), deviation, RD (Eq. 3), bad case.
+
+Normalisation for exact match: strip, collapse runs of whitespace to one space; case is kept
+unless ``ignore_case`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+_SPACES = re.compile(r"\s+")
+DIST_EPS = 1e-6
+"""Distances at or below this are zero (identical answers give 1 - cos ≈ 1e-16, not 0)."""
+
+
+def normalize_answer(text: str, ignore_case: bool = False) -> str:
+    """Light normalisation used by exact match."""
+    out = _SPACES.sub(" ", text.strip())
+    return out.lower() if ignore_case else out
+
+
+def exact_match(prediction: str, target: str, ignore_case: bool = False) -> float:
+    """1{y_new == y_t} after normalisation."""
+    return float(normalize_answer(prediction, ignore_case) == normalize_answer(target, ignore_case))
+
+
+def mean_exact_match(predictions: Sequence[str], target: str, ignore_case: bool = False) -> float:
+    """Generality (Eq. 7) / portability: mean exact match over several prompts; NaN when there are none."""
+    if not predictions:
+        return math.nan
+    return sum(exact_match(p, target, ignore_case) for p in predictions) / len(predictions)
+
+
+def locality(tuned: Sequence[str], base: Sequence[str]) -> float:
+    """Eq. 8: share of unrelated prompts whose tuned greedy output equals the base model's; NaN when none."""
+    if len(tuned) != len(base):
+        raise ValueError(f"{len(tuned)} tuned outputs but {len(base)} base outputs")
+    if not tuned:
+        return math.nan
+    return sum(normalize_answer(t) == normalize_answer(b) for t, b in zip(tuned, base)) / len(tuned)
+
+
+def deviation(dist_new: float, dist_old: float) -> bool:
+    """Away-from-target: dist(y_new, y_t) > dist(y_old, y_t). False when either is undefined."""
+    if math.isnan(dist_new) or math.isnan(dist_old):
+        return False
+    return dist_new > dist_old + DIST_EPS
+
+
+def relative_distance(dist_new: float, dist_old: float) -> float:
+    """RD (Eq. 3) = (dist_new - dist_old) / dist_old; NaN (undefined) where dist_old is 0 or unknown."""
+    if math.isnan(dist_new) or math.isnan(dist_old) or dist_old <= DIST_EPS:
+        return math.nan
+    return (dist_new - dist_old) / dist_old
+
+
+def bad_case(accuracy: float, dist_new: float) -> bool:
+    """Table 1: accuracy < 1 or dist(y_new, y_t) > 0 (an empty answer counts as bad)."""
+    return accuracy < 1 or math.isnan(dist_new) or dist_new > DIST_EPS
