@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,3 +64,9 @@ class FactSet:
 
     def __len__(self) -> int:
         return len(self.facts)
+
+
+def facts_sha256(facts: list[Fact]) -> str:
+    """sha256 of the canonical JSON serialisation of ``facts`` (sorted keys, no extra whitespace, UTF-8)."""
+    payload = json.dumps([f.to_dict() for f in facts], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
