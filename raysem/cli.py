@@ -88,6 +88,15 @@ def sync(
         _fail("could not log: " + "; ".join(problems))
 
 
+@app.command("ray-token")
+def ray_token(path: Path = typer.Option(None, help="token file (default: $RAYSEM_HOME/ray_auth_token)")) -> None:
+    """Create a Ray auth token (mode 0600) and print the variables `ray start` / `ray job submit` need."""
+    from raysem.ray_auth import auth_env, ensure_token
+
+    for key, value in auth_env(ensure_token(path)).items():
+        typer.echo(f"export {key}={value}")
+
+
 def _mount(sub: typer.Typer, name: str | None = None) -> None:
     """Mount a sub-app's commands at top level (renaming a single-command app to ``name``)."""
     for info in sub.registered_commands:

@@ -206,6 +206,11 @@ def record_trial(
 ) -> str | None:
     """Keep a trial's result locally, then log it; on failure the local copy stays for ``raysem sync``."""
     folder = write_pending(pending_dir, trial_key, experiment, parent_run_id, params, tags, result, error)
+    try:
+        check_reachable(uri)
+    except TrackingUnavailable as exc:
+        print(f"raysem: {exc}; trial {trial_key} kept in {folder}, run `raysem sync` later")
+        return None
     for attempt in range(3):
         try:
             return log_pending(uri, folder)

@@ -1,0 +1,26 @@
+# Set-up is part of every target: a fresh machine needs nothing but python3 (>= 3.10) and make.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.raysem-installed
+
+.PHONY: setup study test bench
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/raysem model pull
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: a small real study on the embedded defaults, MLflow runs and the report.
+study: setup
+	$(VENV)/bin/python jobs/quick_study.py --spec jobs/quick_study.yaml
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/raysem bench

@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny random Llama for fast unit tests and the real embedded model for integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded SmolLM2-135M-Instruct (pulled on first use)."""
+    from raysem.model import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol) -> Path:
+    """A randomly initialised 2-layer Llama with the embedded model's tokenizer, saved as a local model folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smol.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=smol.tokenizer.bos_token_id,
+        eos_token_id=smol.tokenizer.eos_token_id,
+        pad_token_id=smol.tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smol.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir):
+    """A fresh copy of the tiny random Llama, loaded through raysem's own loader."""
+    from raysem.model import load_model
+
+    return load_model(str(tiny_model_dir))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    """Poll ``url`` until it answers 200 or ``timeout`` seconds pass."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def start_mlflow_server(folder: Path, port: int):
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend and a local artifact store."""
+    import subprocess
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    process = subprocess.Popen(
+        [
+            str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination", str(folder / "artifacts"),
+        ],
+        stdout=open(folder / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+    except TimeoutError:
+        process.kill()
+        raise
+    return process

@@ -1,0 +1,76 @@
+"""MLflow tracking against real stores: a SQLite file and a real `mlflow server`; nothing lost when it is down."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import free_port, start_mlflow_server
+from raysem import tracking
+from raysem.results import TrialResult, aggregate
+
+
+def make_result(key: str) -> TrialResult:
+    records = [
+        {
+            "fact_id": f"f{i}", "prompt": f"q{i}?", "target": f"t{i}", "y_old": "old", "y_old_raw": "old",
+            "y_new": f"t{i}" if i == 0 else "no", "y_new_raw": "x", "exact_match": float(i == 0), "token_accuracy": 0.5,
+            "generality": 0.0, "locality": 1.0, "portability": math.nan, "dist_old": 0.2 * (i + 1),
+            "dist_new": 0.0 if i == 0 else 0.5, "deviation": i == 2, "rd": 1.0, "bad_case": i != 0, "y_new_empty": False,
+        }
+        for i in range(3)
+    ]  # fmt: skip
+    return TrialResult(key, {}, ["f0"], ["f0", "f1", "f2"], records, {**aggregate(records), "wall_s": 1.5}, [2.0, 1.0, 0.5])
+
+
+def read_back(uri: str, experiment: str, key: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`raysem.trial_key` = '{key}'")
+    assert len(runs) == 1
+    run = runs[0]
+    local = client.download_artifacts(run.info.run_id, "records/facts.parquet")
+    return client, run, pd.read_parquet(local)
+
+
+def test_trial_logged_to_sqlite_reads_back(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_study(uri, "exp-a", "study", {"raysem.study_kind": "quick"}, {"spec": "{}"})
+    result = make_result("t-1")
+    run_id = tracking.record_trial(uri, tmp_path / "pending", "t-1", "exp-a", parent, {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, result)
+    assert run_id and not (tmp_path / "pending" / "t-1").exists()
+    client, run, facts = read_back(uri, "exp-a", "t-1")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["raysem.model"] == "m"
+    assert run.data.params["gamma"] == "1.0" and run.data.params["k"] == "3"
+    assert run.data.metrics["accuracy"] == pytest.approx(1 / 3)
+    assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)] == [2.0, 1.0, 0.5]
+    assert facts["fact_id"].tolist() == ["f0", "f1", "f2"] and facts["exact_match"].sum() == 1
+    assert tracking.finished_trial_keys(uri, "exp-a") == {"t-1"}
+
+
+@pytest.mark.slow
+def test_unreachable_server_keeps_results_and_sync_logs_them(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with pytest.raises(tracking.TrackingUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
+        tracking.check_reachable(uri)
+    pending = tmp_path / "pending"
+    assert tracking.record_trial(uri, pending, "t-9", "exp-b", None, {"gamma": 0.0}, {}, make_result("t-9")) is None
+    assert (pending / "t-9" / "meta.json").exists() and (pending / "t-9" / "facts.parquet").exists()
+
+    server = start_mlflow_server(tmp_path / "server", port)
+    try:
+        logged, errors = tracking.sync_pending(uri, pending)
+        assert (logged, errors) == (1, [])
+        assert not (pending / "t-9").exists()
+        _, run, facts = read_back(uri, "exp-b", "t-9")
+        assert run.data.params["gamma"] == "0.0"
+        assert run.data.metrics["wall_s"] == 1.5
+        assert len(facts) == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
