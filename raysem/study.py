@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray import tune
 
 from raysem import tracking
 from raysem.facts import Fact, FactSet
@@ -212,8 +214,6 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
 
 
 def _tune_trainable(config: dict[str, Any], context: StudyContext) -> None:
-    from ray import tune
-
     tune.report(run_unit(config, context))
 
 
@@ -252,29 +252,20 @@ def study_facts(spec: StudySpec) -> tuple[FactSet, list[Fact]]:
     return factset, list(used.values())
 
 
-class Progress:
+class Progress(tune.Callback):
     """Prints trials done / total, rate and ETA as units finish (one line per unit, driver-side and cheap)."""
 
     def __init__(self, total: int):
-        from ray import tune
-        from rich.console import Console
+        self.total, self.done, self.start = total, 0, time.time()
 
-        self.total, self.done, self.start, self.console = total, 0, time.time(), Console(stderr=True)
-        outer = self
-
-        class _Callback(tune.Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                outer.update(int(result.get("trials_run", 0) + result.get("trials_skipped", 0)), int(result.get("trials_failed", 0)))
-
-        self.callback = _Callback()
-
-    def update(self, n: int, failed: int) -> None:
-        self.done += n
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.done += int(result.get("trials_run", 0) + result.get("trials_skipped", 0))
+        failed = int(result.get("trials_failed", 0))
         elapsed = time.time() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        failed_note = f", {failed} failed in this unit" if failed else ""
-        self.console.print(f"[raysem] trials {self.done}/{self.total}  {rate * 3600:,.0f}/h  ETA {eta:,.0f}s{failed_note}")
+        eta = f"{(self.total - self.done) / rate:,.0f}s" if rate > 0 else "?"
+        note = f", {failed} failed in this unit" if failed else ""
+        print(f"[raysem] trials {self.done}/{self.total}  {rate * 3600:,.0f}/h  ETA {eta}{note}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -291,8 +282,6 @@ class StudyOutcome:
 
 def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
     """Tune's param space, search algorithm and num_samples for the spec's search."""
-    from ray import tune
-
     if spec.search.algorithm == "grid":
         return {"unit": tune.grid_search(expand_units(spec))}, None, spec.search.num_samples
     dims = {}
@@ -317,13 +306,12 @@ def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
 def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = False) -> StudyOutcome:
     """Run (or resume) a study on the Ray cluster at ``address`` (local Ray when none), logging to MLflow."""
     import ray
-    from ray import tune
 
     from raysem.distances import distance_table
 
     started = time.time()
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=True)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True)
     check_resources(spec)
     uri = tracking.absolute_uri(spec.tracking.uri)
     storage = Path(spec.storage_path).resolve()
@@ -362,14 +350,12 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
                 max_concurrent_trials=spec.max_concurrent,
                 reuse_actors=True,
                 search_alg=searcher,
-                metric=spec.search.metric if searcher is None and spec.search.algorithm != "grid" else None,
-                mode=spec.search.mode if searcher is None and spec.search.algorithm != "grid" else None,
             ),
             run_config=tune.RunConfig(
                 name=spec.name,
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures, fail_fast=spec.failure.fail_fast),
-                callbacks=[progress.callback],
+                callbacks=[progress],
                 verbose=0,
             ),
         )

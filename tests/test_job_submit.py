@@ -29,10 +29,9 @@ def test_token_file_is_private(tmp_path):
 def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
     bin_dir = Path(sys.executable).parent
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         **auth_env(ensure_token(tmp_path / "token")),
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "RAY_ADDRESS": "",
     }
     mlflow_port, ray_port, dash_port = free_port(), free_port(), free_port()
     uri = f"http://127.0.0.1:{mlflow_port}"

@@ -100,7 +100,7 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path, tiny_model_dir):
     )  # fmt: skip
     spec = load_spec(path)
     command = [sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2:
