@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +97,13 @@ def trial_params(spec: StudySpec, point: dict[str, Any], sampling: int, k: int, 
 
 @dataclass
 class StudyContext:
-    """What every unit needs from the driver: the spec, the distance table, and where to log."""
+    """What every unit needs from the driver: the spec, the distance table, and the study's trial logger."""
 
     spec_json: str
     table: pd.DataFrame
     facts: list[dict[str, Any]]
-    tracking_uri: str
-    parent_run_id: str | None
-    pending_dir: str
-    tags: dict[str, str] = field(default_factory=dict)
+    logger: Any
+    """Handle of the ``tracking.TrialLogger`` actor on the driver's node."""
 
 
 _WORKER: dict[str, Any] = {}
@@ -159,11 +157,9 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
     facts = [Fact.from_dict(f) for f in context.facts]
     base = base_lookup(context.table)
     sets = sample_fact_sets(facts, k, spec.sampling.n_for(k), spec.sampling.seed)
-    try:
-        done = tracking.finished_trial_keys(context.tracking_uri, spec.experiment)
-    except Exception:  # noqa: BLE001 - an unreachable store only means nothing is known to be done
-        done = set()
-    pending = Path(context.pending_dir)
+    import ray
+
+    done = ray.get(context.logger.done_keys.remote())
     base_seed = int(spec.trial.get("seed", 0))
     todo = []
     for s in samplings:
@@ -202,7 +198,7 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
     for key, s, cfg, result, error in results:
         result.aggregates.setdefault("failed", 1.0 if error else 0.0)
         params = trial_params(spec, point, s, k, cfg.model_dump())
-        tracking.record_trial(context.tracking_uri, pending, key, spec.experiment, context.parent_run_id, params, context.tags, result, error)
+        ray.get(context.logger.record.remote(key, params, result, error))
         if not error:
             accuracies.append(result.aggregates["accuracy"])
     return {
@@ -334,7 +330,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     except tracking.TrackingUnavailable as exc:
         print(f"raysem: {exc}. Trial results are kept in {pending}; run `raysem sync` once the server is back.")
 
-    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], uri, parent_id, str(pending), tags)
+    logger = tracking.start_logger(uri, spec.experiment, parent_id, pending, tags)
+    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger)
     trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources=spec.resources.bundle())
     total = count_trials(spec)
     progress = Progress(total)
@@ -362,7 +359,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     tuner.fit()
     if parent_id:
         tracking.finish_study(uri, parent_id)
-    left = sum(1 for p in pending.glob("*") if p.is_dir() and not p.name.startswith(".")) if pending.exists() else 0
+    left = ray.get(logger.pending_count.remote())
+    ray.kill(logger)
     return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage)
 
 

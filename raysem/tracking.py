@@ -242,3 +242,39 @@ def study_tags(kind: str, model: str, dataset_sha256: str, commit: str) -> dict[
         "raysem.model": model,
         "raysem.dataset_sha256": dataset_sha256,
     }
+
+
+class TrialLogger:
+    """Logs trials for a study from the driver's node (a Ray actor pinned there).
+
+    Trials on any node hand their results to this actor, so the tracking server may stay bound
+    to 127.0.0.1 on the head and the pending store lives on the head's disk; one actor also
+    serialises writes to a SQLite store.
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str | None, pending_dir: str, tags: dict[str, str]):
+        self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
+        self.pending, self.tags = Path(pending_dir), tags
+
+    def done_keys(self) -> set[str]:
+        """Trial keys already logged (an unreachable store means none are known)."""
+        try:
+            return finished_trial_keys(self.uri, self.experiment)
+        except Exception:  # noqa: BLE001
+            return set()
+
+    def record(self, trial_key: str, params: dict[str, Any], result: TrialResult, error: str | None = None) -> str | None:
+        return record_trial(self.uri, self.pending, trial_key, self.experiment, self.parent, params, self.tags, result, error)
+
+    def pending_count(self) -> int:
+        return sum(1 for p in self.pending.glob("*") if p.is_dir() and not p.name.startswith(".")) if self.pending.exists() else 0
+
+
+def start_logger(uri: str, experiment: str, parent_run_id: str | None, pending_dir: Path, tags: dict[str, str]):
+    """Start the study's ``TrialLogger`` actor on this (the driver's) node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)(TrialLogger)
+    return actor.options(scheduling_strategy=here).remote(uri, experiment, parent_run_id, str(pending_dir), tags)
