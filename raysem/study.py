@@ -185,6 +185,7 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
                         use_gpu=spec.resources.gpu > 0 or "GPU" in spec.resources.full_ft_worker,
                         resources_per_worker=spec.resources.full_ft_worker or None,
                         storage_path=str(Path(spec.storage_path).resolve()), trial_id=key,
+                        wait_for_resources=spec.resources.expect_autoscaling,
                     )  # fmt: skip
                 else:
                     result = run_trial(_resident(spec.model), train, test, base, cfg, trial_id=key, analyses=spec.analyses)
