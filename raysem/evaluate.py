@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from raysem import metrics
 from raysem.encoding import encode_targets, token_accuracy
@@ -60,28 +60,42 @@ def evaluate_facts(
     embedder: AnswerEmbedder,
     batch_size: int = 32,
     ignore_case: bool = False,
+    before_batch: Callable[[list[int]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-fact records for the (tuned) model in ``lm`` against the base rows in ``base`` (keyed by fact id).
 
     ``embedder`` holds the base model's input embeddings, so dist_new and dist_old share one space.
+    ``before_batch``, when given, is called before every model batch with, for each of its rows,
+    the index in ``facts`` of the fact that row belongs to (its prompt, a rephrasing or a probe).
     """
     missing = [f.id for f in facts if f.id not in base]
     if missing:
         raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
     budgets = [base[f.id]["target_tokens"] for f in facts]
-    new = greedy_answers(lm, [f.prompt for f in facts], budgets, batch_size)
+
+    def rows_of(sizes: Sequence[int]) -> Callable[[list[int]], None] | None:
+        if before_batch is None:
+            return None
+        owner = [i for i, size in enumerate(sizes) for _ in range(size)]
+        return lambda rows: before_batch([owner[r] for r in rows])
+
+    new = greedy_answers(lm, [f.prompt for f in facts], budgets, batch_size, before_batch)
     dist_new = embedder.distance([a.text for a in new], [f.target for f in facts])
+    if before_batch is not None:
+        before_batch(list(range(len(facts))))
     tok_acc = token_accuracy(lm.model, encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]))
 
     reph, reph_sizes = _flatten([f.rephrasings for f in facts])
     reph_budgets = [budgets[i] for i, f in enumerate(facts) for _ in f.rephrasings]
-    reph_out = _split([a.text for a in greedy_answers(lm, reph, reph_budgets, batch_size)], reph_sizes)
+    reph_answers = greedy_answers(lm, reph, reph_budgets, batch_size, rows_of(reph_sizes))
+    reph_out = _split([a.text for a in reph_answers], reph_sizes)
     loc, loc_sizes = _flatten([[p.prompt for p in f.locality] for f in facts])
     loc_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.locality]
-    loc_out = _split([a.text for a in greedy_answers(lm, loc, loc_budgets, batch_size)], loc_sizes)
+    loc_out = _split([a.text for a in greedy_answers(lm, loc, loc_budgets, batch_size, rows_of(loc_sizes))], loc_sizes)
     port, port_sizes = _flatten([[p.prompt for p in f.portability] for f in facts])
     port_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.portability]
-    port_out = _split([a.text for a in greedy_answers(lm, port, port_budgets, batch_size)], port_sizes)
+    port_answers = greedy_answers(lm, port, port_budgets, batch_size, rows_of(port_sizes))
+    port_out = _split([a.text for a in port_answers], port_sizes)
 
     records = []
     for i, f in enumerate(facts):

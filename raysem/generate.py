@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -30,24 +30,30 @@ def greedy_answers(
     questions: Sequence[str],
     max_new_tokens: Sequence[int],
     batch_size: int = 32,
+    before_batch: Callable[[list[int]], None] | None = None,
 ) -> list[Answer]:
     """Greedy answers to zero-shot questions, ``max_new_tokens[i]`` tokens for question i.
 
     Rows of one batch are decoded to the batch's longest budget and each is cut at its own;
     greedy decoding makes that equal to decoding each question alone with its own budget.
-    Questions are sorted by length so batches pad little; answers come back in input order.
+    Questions are sorted by answer budget, then length, so batches decode and pad little;
+    answers come back in input order.
+    ``before_batch``, when given, is called before each batch is decoded with the input indices
+    of its rows (in row order), so per-row state such as a packed-adapter map can be set.
     """
     if len(questions) != len(max_new_tokens):
         raise ValueError(f"{len(questions)} questions but {len(max_new_tokens)} answer lengths")
     tokenizer = lm.tokenizer
     prompts = [lm.format_prompt(q) for q in questions]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: (int(max_new_tokens[i]), len(prompts[i])))
     answers: list[Answer | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         budget = max(max(1, int(max_new_tokens[i])) for i in rows)
         batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(lm.device)
+        if before_batch is not None:
+            before_batch(rows)
         output = lm.model.generate(
             **batch,
             max_new_tokens=budget,

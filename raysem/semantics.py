@@ -63,13 +63,18 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 def clip_distance(dist: float) -> float:
-    """Distance clipped to [0, 1], as used wherever a weight is derived from it."""
-    return min(1.0, max(0.0, float(dist)))
+    """Distance clipped to [0, 1], as used wherever a weight is derived from it; NaN stays NaN."""
+    dist = float(dist)
+    return dist if math.isnan(dist) else min(1.0, max(0.0, dist))
 
 
 def reweight_coefficient(dist: float) -> float:
-    """λ_i = 1 - cos(dist·π - π/2) (Eq. 6), with dist clipped to [0, 1]."""
-    return 1.0 - math.cos(clip_distance(dist) * math.pi - math.pi / 2)
+    """λ_i = 1 - cos(dist·π - π/2) (Eq. 6), with dist clipped to [0, 1].
+
+    An undefined distance (the base model gave an empty answer) counts as the farthest, dist = 1.
+    """
+    clipped = clip_distance(dist)
+    return 1.0 - math.cos((1.0 if math.isnan(clipped) else clipped) * math.pi - math.pi / 2)
 
 
 def distance_band(dist: float) -> str:
