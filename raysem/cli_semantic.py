@@ -124,7 +124,8 @@ def filter_command(
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     console = Console()
-    summary = Table(title=f"{result.method} filter: |K|={size}, ρ={replace}, λ={lam}, {len(result.trace)} swaps")
+    console.print(f"{result.method} filter: |K|={size}, ρ={replace}, λ={lam}, {len(result.trace)} swaps")
+    summary = Table()
     for column in ("", "μ", "σ²", "μ - λ·σ²"):
         summary.add_column(column, justify="right")
     for name, stats in (("before", result.before), ("after", result.after)):

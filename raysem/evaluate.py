@@ -83,7 +83,7 @@ def evaluate_facts(
     dist_new = embedder.distance([a.text for a in new], [f.target for f in facts])
     if before_batch is not None:
         before_batch(list(range(len(facts))))
-    tok_acc = token_accuracy(lm.model, encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]))
+    tok_acc = token_accuracy(lm.model, encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]).to(lm.device))
 
     reph, reph_sizes = _flatten([f.rephrasings for f in facts])
     reph_budgets = [budgets[i] for i, f in enumerate(facts) for _ in f.rephrasings]

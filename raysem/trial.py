@@ -40,6 +40,9 @@ class NonFiniteLossError(RuntimeError):
         self.loss = loss
         super().__init__(f"training loss is {loss} on the batch of facts {', '.join(self.fact_ids)}")
 
+    def __reduce__(self):
+        return (type(self), (self.fact_ids, self.loss))
+
 
 class ResidentModel:
     """A base model loaded once and kept in memory while trials run on it one after another.
