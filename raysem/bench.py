@@ -45,11 +45,8 @@ from raysem.datasets import load_facts
 from raysem.facts import Fact
 from raysem.generate import target_token_count
 from raysem.model import DEFAULT_MODEL, LoadedModel, load_model
-from raysem.packed import is_target_module, run_packed_trials
+from raysem.packed import DEFAULT_PACK_SIZE, is_target_module, run_packed_trials
 from raysem.trial import ResidentModel, run_trial
-
-DEFAULT_PACK_SIZE = 16
-"""Pack size for CPU workers, chosen from ``raysem bench`` on a 2-core CPU (see the project notes)."""
 
 PACK_SIZES = (8, 16, 32, 64)
 QUICK_PACK_SIZES = (8, 16)
@@ -346,6 +343,7 @@ def _summary(settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock
         "cpu_matmul_share": {r.name: r.cpu_share(peak) for r in runs},
         "mean_trial_gflop": statistics.fmean(flops) / 1e9,
         "best_pack_size": best.trials,
+        "default_pack_size": DEFAULT_PACK_SIZE,
         "best_speedup": best.trials_per_hour / naive.trials_per_hour,
         "best_speedup_vs_resident": best.trials_per_hour / resident.trials_per_hour,
         "best_matmul_share": best.share(peak),

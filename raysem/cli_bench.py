@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raysem.bench import DEFAULT_PACK_SIZE, PACK_SIZES, BenchSettings, run_bench
+from raysem.bench import PACK_SIZES, BenchSettings, run_bench
 from raysem.model import DEFAULT_MODEL
 
 bench_app = typer.Typer(help="Measure trial throughput.")
@@ -56,7 +56,7 @@ def bench(
     typer.echo(
         f"matmul peak {summary['matmul_gflops']:.0f} GFLOP/s; best K={summary['best_pack_size']}: "
         f"{summary['best_speedup']:.2f}× naive, {summary['best_speedup_vs_resident']:.2f}× resident; "
-        f"DEFAULT_PACK_SIZE={DEFAULT_PACK_SIZE}; {summary['threads']} threads"
+        f"default pack size {summary['default_pack_size']}; {summary['threads']} threads"
     )
 
 
