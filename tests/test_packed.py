@@ -264,7 +264,7 @@ def test_non_finite_trial_fails_alone(tiny):
 def test_pack_configs_must_agree():
     check_packable([TrialConfig(seed=1, gamma=0.0), TrialConfig(seed=2, gamma=3.0)])
     with pytest.raises(ValueError, match="'lr' is 0.001 in trial 0 but 0.01 in trial 1"):
-        check_packable([TrialConfig(), TrialConfig(lr=0.01)])
+        check_packable([TrialConfig(lr=0.001), TrialConfig(lr=0.01)])
     with pytest.raises(ValueError, match="'target_modules'"):
         check_packable([TrialConfig(), TrialConfig(seed=4), TrialConfig(target_modules=("q_proj",))])
     with pytest.raises(ValueError, match="LoRA only"):
