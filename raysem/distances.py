@@ -34,6 +34,7 @@ from raysem.evaluate import BaseRecord, base_records
 from raysem.facts import Fact, FactSet, facts_sha256
 from raysem.model import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load_model
 from raysem.paths import cache_dir
+from raysem.spec import SpecError
 
 BASE_FIELDS = (
     "fact_id",
@@ -271,10 +272,6 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Ray Data job
 # ---------------------------------------------------------------------------------------------
-
-
-class SpecError(ValueError):
-    """A job spec file that cannot be used; the message names the file and the fields."""
 
 
 class DistanceTableSpec(BaseModel):
