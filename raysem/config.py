@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["lora", "adalora", "adapter", "ia3", "full"]
 METHODS: tuple[str, ...] = ("lora", "adalora", "adapter", "ia3", "full")
+
+DEFAULT_LR: dict[str, float] = {"lora": 5e-3, "adalora": 5e-3, "adapter": 1e-3, "ia3": 3e-2, "full": 1e-5}
+"""Each method's default AdamW learning rate, used when a trial gives none (see README, "Defaults")."""
 
 
 class TrialConfig(BaseModel):
@@ -22,7 +25,7 @@ class TrialConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps packed and unpacked trials identical)")
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     adapter_size: int = Field(64, ge=1, description="Houlsby adapter bottleneck width")
-    lr: float = Field(5e-3, gt=0)
+    lr: float = Field(DEFAULT_LR["lora"], gt=0, description="AdamW learning rate; omitted or None: DEFAULT_LR[method]")
     steps: int = Field(21, ge=1, description="optimizer steps (each over one batch)")
     batch_size: int = Field(16, ge=1, description="facts per optimizer step for k-fact trials")
     weight_decay: float = Field(0.0, ge=0)
@@ -39,3 +42,12 @@ class TrialConfig(BaseModel):
         if not math.isfinite(value):
             raise ValueError(f"must be finite, got {value!r}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_default_lr(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("lr") is None:
+            method = data.get("method", "lora")
+            if method in DEFAULT_LR:
+                return {**data, "lr": DEFAULT_LR[method]}
+        return data
