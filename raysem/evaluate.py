@@ -8,9 +8,12 @@ from typing import Any, Callable, Sequence
 from raysem import metrics
 from raysem.encoding import encode_targets, token_accuracy
 from raysem.facts import Fact
-from raysem.generate import greedy_answers, target_token_count
+from raysem.generate import Answer, greedy_answers, target_token_count
 from raysem.model import LoadedModel
 from raysem.semantics import AnswerEmbedder
+
+ANSWER_KINDS = ("prompt", "rephrasing", "locality", "portability")
+"""The questions asked of a tuned model for each fact."""
 
 BaseRecord = dict[str, Any]
 """One fact's base-model row: fact_id, y_old, y_old_raw, dist_old, target_tokens, prompt_tokens, y_old_empty, locality_base."""
@@ -72,37 +75,22 @@ def evaluate_facts(
     if missing:
         raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
     budgets = [base[f.id]["target_tokens"] for f in facts]
-
-    def rows_of(sizes: Sequence[int]) -> Callable[[list[int]], None] | None:
-        if before_batch is None:
-            return None
-        owner = [i for i, size in enumerate(sizes) for _ in range(size)]
-        return lambda rows: before_batch([owner[r] for r in rows])
-
-    new = greedy_answers(lm, [f.prompt for f in facts], budgets, batch_size, before_batch)
+    answers = _answers_by_kind(lm, facts, budgets, batch_size, before_batch)
+    new = [answers[i]["prompt"][0] for i in range(len(facts))]
     dist_new = embedder.distance([a.text for a in new], [f.target for f in facts])
     if before_batch is not None:
         before_batch(list(range(len(facts))))
     tok_acc = token_accuracy(lm.model, encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]).to(lm.device))
 
-    reph, reph_sizes = _flatten([f.rephrasings for f in facts])
-    reph_budgets = [budgets[i] for i, f in enumerate(facts) for _ in f.rephrasings]
-    reph_answers = greedy_answers(lm, reph, reph_budgets, batch_size, rows_of(reph_sizes))
-    reph_out = _split([a.text for a in reph_answers], reph_sizes)
-    loc, loc_sizes = _flatten([[p.prompt for p in f.locality] for f in facts])
-    loc_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.locality]
-    loc_out = _split([a.text for a in greedy_answers(lm, loc, loc_budgets, batch_size, rows_of(loc_sizes))], loc_sizes)
-    port, port_sizes = _flatten([[p.prompt for p in f.portability] for f in facts])
-    port_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.portability]
-    port_answers = greedy_answers(lm, port, port_budgets, batch_size, rows_of(port_sizes))
-    port_out = _split([a.text for a in port_answers], port_sizes)
+    def texts(i: int, kind: str) -> list[str]:
+        return [a.text for a in answers[i][kind]]
 
     records = []
     for i, f in enumerate(facts):
         b = base[f.id]
         accuracy = metrics.exact_match(new[i].text, f.target, ignore_case)
         d_new, d_old = float(dist_new[i]), float(b["dist_old"])
-        portability = [metrics.exact_match(o, p.answer, ignore_case) for o, p in zip(port_out[i], f.portability)]
+        portability = [metrics.exact_match(o, p.answer, ignore_case) for o, p in zip(texts(i, "portability"), f.portability)]
         records.append(
             {
                 "fact_id": f.id,
@@ -114,8 +102,8 @@ def evaluate_facts(
                 "y_new_raw": new[i].raw,
                 "exact_match": accuracy,
                 "token_accuracy": tok_acc[i],
-                "generality": metrics.mean_exact_match(reph_out[i], f.target, ignore_case),
-                "locality": metrics.locality(loc_out[i], list(b["locality_base"])),
+                "generality": metrics.mean_exact_match(texts(i, "rephrasing"), f.target, ignore_case),
+                "locality": metrics.locality(texts(i, "locality"), list(b["locality_base"])),
                 "portability": sum(portability) / len(portability) if portability else math.nan,
                 "dist_old": d_old,
                 "dist_new": d_new,
@@ -126,3 +114,37 @@ def evaluate_facts(
             }
         )
     return records
+
+
+def _answers_by_kind(
+    lm: LoadedModel,
+    facts: Sequence[Fact],
+    budgets: Sequence[int],
+    batch_size: int,
+    before_batch: Callable[[list[int]], None] | None,
+) -> list[dict[str, list[Answer]]]:
+    """Greedy answers to every fact's prompt, rephrasings, locality and portability probes, decoded
+    together in one ``greedy_answers`` call (so batches stay full); per fact, a list for each kind.
+
+    The prompt and rephrasings get the target's token budget; a probe gets its reference answer's.
+    ``before_batch`` is called with, for each row of a model batch, the index of the fact it belongs to.
+    """
+    owners: list[int] = []
+    kinds: list[str] = []
+    questions: list[str] = []
+    lengths: list[int] = []
+    for i, f in enumerate(facts):
+        rows = [("prompt", f.prompt, budgets[i])]
+        rows += [("rephrasing", q, budgets[i]) for q in f.rephrasings]
+        rows += [(kind, p.prompt, target_token_count(lm, p.answer) or 1) for kind, probes in
+                 (("locality", f.locality), ("portability", f.portability)) for p in probes]  # fmt: skip
+        for kind, question, length in rows:
+            owners.append(i)
+            kinds.append(kind)
+            questions.append(question)
+            lengths.append(length)
+    hook = None if before_batch is None else (lambda rows: before_batch([owners[r] for r in rows]))
+    grouped: list[dict[str, list[Answer]]] = [{k: [] for k in ANSWER_KINDS} for _ in facts]
+    for owner, kind, answer in zip(owners, kinds, greedy_answers(lm, questions, lengths, batch_size, hook)):
+        grouped[owner][kind].append(answer)
+    return grouped
