@@ -99,33 +99,50 @@ def last_token_features(lm: LoadedModel, prompts: Sequence[str], batch_size: int
     return np.concatenate(rows) if rows else np.zeros((0, lm.model.config.hidden_size), dtype=np.float32)
 
 
+EXACT_PCA_LIMIT = 1024
+"""Up to this many rows or columns the PCA is exact (an eigendecomposition of the smaller Gram matrix)."""
+
+
 @dataclass(frozen=True)
 class PCAResult:
-    """Principal components of a feature matrix: ``scores = (features - mean) @ components.T``."""
+    """Projections onto the first principal components, and the variance (ddof 1) along each."""
 
     scores: np.ndarray
-    components: np.ndarray
+    explained_variance: np.ndarray
     explained_variance_ratio: np.ndarray
-    mean: np.ndarray
 
 
-def pca(features: np.ndarray, n_components: int = 15) -> PCAResult:
+def pca(features: np.ndarray, n_components: int = 15, seed: int = 0) -> PCAResult:
     """The first ``n_components`` principal components (at most min(n_samples, n_features)).
 
-    Each component's sign is fixed so that its largest-magnitude loading is positive.
+    Exact when the data has at most ``EXACT_PCA_LIMIT`` rows or columns; otherwise a randomized
+    range finder with power iterations (Halko et al. 2011), a few matrix products instead of a full
+    SVD of thousands of hidden-size vectors. Each component's sign is fixed so that its
+    largest-magnitude score is positive; ratios are shares of the total variance.
     """
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"PCA needs a 2-D matrix with at least 2 rows, got shape {x.shape}")
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
-    k = min(n_components, *x.shape)
-    mean = x.mean(axis=0)
-    _, singular, vh = np.linalg.svd(x - mean, full_matrices=False)
-    components = vh[:k]
-    signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
-    components = components * signs[:, None]
-    variance = singular**2
-    total = variance.sum()
-    ratio = variance[:k] / total if total > 0 else np.zeros(k)
-    return PCAResult(scores=(x - mean) @ components.T, components=components, explained_variance_ratio=ratio, mean=mean)
+    centred = x - x.mean(axis=0)
+    n, d = centred.shape
+    k = min(n_components, n, d)
+    if d <= EXACT_PCA_LIMIT:
+        w, v = np.linalg.eigh(centred.T @ centred)
+        scores, power = centred @ v[:, ::-1][:, :k], w[::-1][:k]
+    elif n <= EXACT_PCA_LIMIT:
+        w, u = np.linalg.eigh(centred @ centred.T)
+        power = np.clip(w[::-1][:k], 0, None)
+        scores = u[:, ::-1][:, :k] * np.sqrt(power)
+    else:
+        width = min(2 * k + 10, n, d)
+        q = np.linalg.qr(centred @ np.random.default_rng(seed).normal(size=(d, width)))[0]
+        for _ in range(6):
+            q = np.linalg.qr(centred @ np.linalg.qr(centred.T @ q)[0])[0]
+        _, singular, vt = np.linalg.svd(q.T @ centred, full_matrices=False)
+        scores, power = centred @ vt[:k].T, singular[:k] ** 2
+    scores = scores * np.sign(scores[np.abs(scores).argmax(axis=0), np.arange(k)])
+    variance = np.clip(power, 0, None) / (n - 1)
+    total = float((centred**2).sum()) / (n - 1)
+    return PCAResult(scores=scores, explained_variance=variance, explained_variance_ratio=variance / total if total > 0 else np.zeros(k))

@@ -255,6 +255,9 @@ def _fig5(ctx: _Context) -> Section | str:
     by_model: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for run_id, feats in features.items():
         by_model.setdefault(an.fmt_value(model_of.get(run_id)), {})[run_id] = feats
+    by_model = {m: f for m, f in by_model.items() if sum(len(x["dist_old"]) for x in f.values()) >= 2}
+    if not by_model:
+        return "fewer than 2 facts with logged features per model"
     points = {model: an.feature_pca(feats) for model, feats in by_model.items()}
     path = figs.feature_pca(points, ctx.fig_dir / "fig5_feature_pca.png")
     sec = Section("fig5", "Figure 5: PCA of knowledge features by distance band")

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from raysem.analysis import pca
 from raysem.semantics import distance_band
 from raysem.stats import (
     Estimate,
@@ -211,55 +212,22 @@ def frobenius_by_third(frob: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.Data
 # ---------------------------------------------------------------- PCA of features
 
 
-EXACT_PCA_LIMIT = 1024
-"""Below this many rows or columns the PCA is exact (an eigendecomposition of the smaller Gram matrix)."""
-
-
-def pca_projection(features: np.ndarray, n_components: int = 15, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Projections onto the first principal components and the variance each explains.
-
-    Exact when the data has at most ``EXACT_PCA_LIMIT`` rows or columns; otherwise approximate:
-    a randomized range finder with power iterations (Halko et al. 2011), which costs a few matrix
-    products instead of a full SVD of thousands of hidden-size vectors (signs of components are
-    arbitrary either way).
-    """
-    centred = features - features.mean(axis=0, keepdims=True)
-    n, d = centred.shape
-    r = min(n_components, n, d)
-    if d <= EXACT_PCA_LIMIT:
-        w, v = np.linalg.eigh(centred.T @ centred)
-        proj = centred @ v[:, ::-1][:, :r]
-        explained = w[::-1][:r]
-    elif n <= EXACT_PCA_LIMIT:
-        w, u = np.linalg.eigh(centred @ centred.T)
-        proj = u[:, ::-1][:, :r] * np.sqrt(np.clip(w[::-1][:r], 0, None))
-        explained = w[::-1][:r]
-    else:
-        width = min(2 * r + 10, n, d)
-        q = np.linalg.qr(centred @ np.random.default_rng(seed).normal(size=(d, width)))[0]
-        for _ in range(6):
-            q = np.linalg.qr(centred @ np.linalg.qr(centred.T @ q)[0])[0]
-        _, s, vt = np.linalg.svd(q.T @ centred, full_matrices=False)
-        proj = centred @ vt[:r].T
-        explained = s[:r] ** 2
-    return proj, np.clip(explained, 0, None) / max(n - 1, 1)
-
-
 def feature_pca(features: dict[str, dict[str, np.ndarray]], n_components: int = 15) -> tuple[pd.DataFrame, np.ndarray]:
-    """Figure 5: pooled PCA of the features of all given trials; one row per (trial, fact).
+    """Figure 5: pooled PCA of the features of all given trials; one row per (trial, fact), and each
+    component's share of the variance.
 
     Columns: run_id, fact_id, dist_old, band, pc1..pcR.
     """
     run_ids = sorted(features)
     stacked = np.concatenate([features[r]["features"].astype(np.float64) for r in run_ids])
-    proj, explained = pca_projection(stacked, n_components)
+    result = pca(stacked, n_components)
     dist = np.concatenate([np.asarray(features[r]["dist_old"], dtype=float) for r in run_ids])
-    frame = pd.DataFrame(proj, columns=[f"pc{i + 1}" for i in range(proj.shape[1])])
+    frame = pd.DataFrame(result.scores, columns=[f"pc{i + 1}" for i in range(result.scores.shape[1])])
     frame.insert(0, "run_id", np.repeat(run_ids, [len(features[r]["dist_old"]) for r in run_ids]))
     frame.insert(1, "fact_id", np.concatenate([np.asarray(features[r]["fact_ids"]).astype(str) for r in run_ids]))
     frame.insert(2, "dist_old", dist)
     frame.insert(3, "band", [distance_band(d) for d in dist])
-    return frame, explained
+    return frame, result.explained_variance_ratio
 
 
 def pca_spread(points: pd.DataFrame) -> pd.DataFrame:

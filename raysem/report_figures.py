@@ -122,7 +122,10 @@ def accuracy_vs_set_statistics(trials: pd.DataFrame, series: str, path: Path) ->
 
 
 def feature_pca(points_by_model: dict[str, tuple[pd.DataFrame, np.ndarray]], path: Path) -> Path:
-    """Figure 5: features on the first two PCs by distance band, and each band's variance per PC."""
+    """Figure 5: features on the first two PCs by distance band, and each band's variance per PC.
+
+    ``points_by_model`` maps a model to its PCA points and each component's share of the variance.
+    """
     fig, axes = _figure(2, len(points_by_model))
     for row, (model, (points, explained)) in enumerate(sorted(points_by_model.items())):
         scatter, spread = axes[row]
@@ -137,9 +140,8 @@ def feature_pca(points_by_model: dict[str, tuple[pd.DataFrame, np.ndarray]], pat
             if band != "none" and len(part) > 1:
                 spread.plot(range(1, len(pcs) + 1), part[pcs].var(axis=0, ddof=1), marker="o", ms=3,
                             color=BAND_COLOURS[band], label=band)  # fmt: skip
-        share = explained / explained.sum() if explained.sum() > 0 else explained
-        scatter.set_xlabel(f"PC1 ({share[0]:.0%} of the top-{len(pcs)} variance)")
-        scatter.set_ylabel(f"PC2 ({share[1]:.0%})" if len(share) > 1 else "PC2")
+        scatter.set_xlabel(f"PC1 ({explained[0]:.0%} of the variance)")
+        scatter.set_ylabel(f"PC2 ({explained[1]:.0%})" if len(explained) > 1 else "PC2")
         scatter.set_title(f"{model}: features by distance band")
         scatter.legend(fontsize="small", title="band (facts)", title_fontsize="small")
         spread.set_xlabel("principal component")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from raysem import analysis
 from raysem.analysis import frobenius_analysis, has_lora_layers, last_token_features, pca
 from raysem.config import TrialConfig
 from raysem.methods import attach
@@ -75,14 +76,27 @@ def test_pca_recovers_a_planted_direction():
     t = rng.normal(size=50)
     x = np.outer(t, direction) * 10 + rng.normal(scale=0.01, size=(50, 4)) + 7.0
     result = pca(x, n_components=15)
-    assert result.components.shape == (4, 4) and result.scores.shape == (50, 4)  # clipped to min(n, d)
-    np.testing.assert_allclose(np.abs(result.components[0]), np.abs(direction), atol=1e-3)
-    assert result.components[0][np.abs(result.components[0]).argmax()] > 0
+    assert result.scores.shape == (50, 4)  # clipped to min(n, d)
+    np.testing.assert_allclose(np.abs(result.scores[:, 0]), np.abs((x - x.mean(0)) @ direction), rtol=1e-3, atol=1e-3)
+    assert result.scores[np.abs(result.scores[:, 0]).argmax(), 0] > 0
     assert result.explained_variance_ratio[0] > 0.999
-    np.testing.assert_allclose(result.scores, (x - x.mean(0)) @ result.components.T)
     # equals the eigen-decomposition of the covariance matrix
     eigvals = np.sort(np.linalg.eigvalsh(np.cov(x.T)))[::-1]
+    np.testing.assert_allclose(result.explained_variance, eigvals, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(result.explained_variance_ratio, eigvals / eigvals.sum(), atol=1e-9)
+
+
+@pytest.mark.parametrize("limit", [1024, 40, 4], ids=["covariance", "gram", "randomized"])
+def test_pca_matches_the_svd_on_every_path(monkeypatch, limit):
+    monkeypatch.setattr(analysis, "EXACT_PCA_LIMIT", limit)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 50)) @ np.diag(np.geomspace(5, 0.05, 50)) + 3.0
+    result = pca(x, n_components=5)
+    u, s, _ = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    assert result.explained_variance == pytest.approx(s[:5] ** 2 / 29, rel=1e-3)
+    assert result.explained_variance_ratio == pytest.approx(s[:5] ** 2 / (s**2).sum(), rel=1e-3)
+    assert np.abs(result.scores) == pytest.approx(np.abs(u[:, :5] * s[:5]), abs=1e-3 * s[0])
+    assert (result.scores[np.abs(result.scores).argmax(axis=0), range(5)] > 0).all()
 
 
 def test_pca_rejects_degenerate_input():

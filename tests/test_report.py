@@ -15,7 +15,6 @@ from mlflow.entities import Metric, Param
 from PIL import Image
 from typer.testing import CliRunner
 
-from raysem import report_analysis
 from raysem.cli_report import report_app
 from raysem.report import ReportError, build_report
 from raysem.results import aggregate
@@ -307,14 +306,3 @@ def test_study_whose_trials_all_failed_reports_only_the_overview(study, tmp_path
     assert set(summary.skipped.values()) == {"no finished trial"}
     assert summary.logged_run_id is None and not summary.figures
     assert "0 finished, 1 failed" in summary.markdown.read_text()
-
-
-@pytest.mark.parametrize("limit", [1024, 40, 4], ids=["covariance", "gram", "randomized"])
-def test_pca_matches_the_svd(monkeypatch, limit):
-    monkeypatch.setattr(report_analysis, "EXACT_PCA_LIMIT", limit)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(30, 50)) @ np.diag(np.geomspace(5, 0.05, 50)) + 3.0
-    proj, explained = report_analysis.pca_projection(x, n_components=5)
-    u, s, _ = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
-    assert explained == pytest.approx(s[:5] ** 2 / 29, rel=1e-3)
-    assert np.abs(proj) == pytest.approx(np.abs(u[:, :5] * s[:5]), abs=1e-3 * s[0])
