@@ -315,7 +315,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     study_dir = storage / spec.name
     pending = storage / "pending" / spec.name
     factset, needed = study_facts(spec)
-    table, _ = distance_table(spec.model, FactSet(factset.name, factset.format, needed, _subset_hash(factset, needed)))
+    table, _ = distance_table(spec.model, FactSet(factset.name, factset.format, needed, factset.sha256))
     tags = tracking.study_tags(spec.kind, spec.model, factset.sha256, tracking.git_commit(Path(__file__).parent))
 
     parent_file = study_dir / "parent_run_id"
@@ -363,9 +363,3 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     left = ray.get(logger.pending_count.remote())
     ray.kill(logger)
     return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage)
-
-
-def _subset_hash(factset: FactSet, facts: list[Fact]) -> str:
-    """Content key of a subset of a dataset (its file hash plus the chosen fact ids)."""
-    ids = ",".join(sorted(f.id for f in facts))
-    return hashlib.sha256(f"{factset.sha256}:{ids}".encode()).hexdigest()
