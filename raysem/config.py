@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Method = Literal["lora", "adalora", "adapter", "ia3", "full"]
 METHODS: tuple[str, ...] = ("lora", "adalora", "adapter", "ia3", "full")
 
-DEFAULT_LR: dict[str, float] = {"lora": 5e-3, "adalora": 5e-3, "adapter": 1e-3, "ia3": 3e-2, "full": 1e-5}
+DEFAULT_LR: dict[str, float] = {"lora": 5e-3, "adalora": 3e-2, "adapter": 1e-3, "ia3": 3e-2, "full": 3e-5}
 """Each method's default AdamW learning rate, used when a trial gives none (see README, "Defaults")."""
 
 
