@@ -61,7 +61,8 @@ def target_logits(model: nn.Module, batch: TargetBatch) -> torch.Tensor:
     Runs the decoder stack, gathers the needed hidden states, and applies the output head to
     those alone: the full-vocabulary projection of prompt positions is never computed.
     """
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
     index = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     return model.get_output_embeddings()(hidden.gather(1, index))
 
