@@ -193,19 +193,9 @@ def log_pending(uri: str, folder: Path, parent_run_id: str | None = None) -> str
     return run_id
 
 
-def record_trial(
-    uri: str,
-    pending_dir: Path,
-    trial_key: str,
-    experiment: str,
-    parent_run_id: str | None,
-    params: dict[str, Any],
-    tags: dict[str, str],
-    result: TrialResult,
-    error: str | None = None,
-) -> str | None:
-    """Keep a trial's result locally, then log it; on failure the local copy stays for ``raysem sync``."""
-    folder = write_pending(pending_dir, trial_key, experiment, parent_run_id, params, tags, result, error)
+def record_trial(uri: str, folder: Path) -> str | None:
+    """Log a trial kept by ``write_pending`` in ``folder``; on failure it stays there for ``raysem sync``."""
+    trial_key = folder.name
     try:
         check_reachable(uri)
     except TrackingUnavailable as exc:
@@ -264,7 +254,9 @@ class TrialLogger:
             return set()
 
     def record(self, trial_key: str, params: dict[str, Any], result: TrialResult, error: str | None = None) -> str | None:
-        return record_trial(self.uri, self.pending, trial_key, self.experiment, self.parent, params, self.tags, result, error)
+        """Keep the trial's result on this node's disk first, then log it (None: kept for ``raysem sync``)."""
+        folder = write_pending(self.pending, trial_key, self.experiment, self.parent, params, self.tags, result, error)
+        return record_trial(self.uri, folder)
 
     def pending_count(self) -> int:
         return sum(1 for p in self.pending.glob("*") if p.is_dir() and not p.name.startswith(".")) if self.pending.exists() else 0

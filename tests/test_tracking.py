@@ -40,7 +40,8 @@ def test_trial_logged_to_sqlite_reads_back(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_study(uri, "exp-a", "study", {"raysem.study_kind": "quick"}, {"spec": "{}"})
     result = make_result("t-1")
-    run_id = tracking.record_trial(uri, tmp_path / "pending", "t-1", "exp-a", parent, {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, result)
+    folder = tracking.write_pending(tmp_path / "pending", "t-1", "exp-a", parent, {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, result)
+    run_id = tracking.record_trial(uri, folder)
     assert run_id and not (tmp_path / "pending" / "t-1").exists()
     client, run, facts = read_back(uri, "exp-a", "t-1")
     assert run.info.status == "FINISHED"
@@ -59,7 +60,8 @@ def test_unreachable_server_keeps_results_and_sync_logs_them(tmp_path):
     with pytest.raises(tracking.TrackingUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
         tracking.check_reachable(uri)
     pending = tmp_path / "pending"
-    assert tracking.record_trial(uri, pending, "t-9", "exp-b", None, {"gamma": 0.0}, {}, make_result("t-9")) is None
+    folder = tracking.write_pending(pending, "t-9", "exp-b", None, {"gamma": 0.0}, {}, make_result("t-9"))
+    assert tracking.record_trial(uri, folder) is None
     assert (pending / "t-9" / "meta.json").exists() and (pending / "t-9" / "facts.parquet").exists()
 
     server = start_mlflow_server(tmp_path / "server", port)
