@@ -29,12 +29,4 @@ def report(
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"sections: {', '.join(summary.sections)}")
-    for key, reason in summary.skipped.items():
-        typer.echo(f"skipped {key}: {reason}", err=True)
-    for note in summary.notes:
-        typer.echo(f"note: {note}", err=True)
-    if summary.logged_run_id:
-        typer.echo(f"logged to run {summary.logged_run_id} under report/")
-    typer.echo(str(summary.markdown))
-    typer.echo(str(summary.html))
+    typer.echo(summary.describe())

@@ -51,7 +51,7 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
 
         out = Path(args.report_dir) if args.report_dir else outcome.storage.parent / "reports" / spec.name
         summary = build_report(spec.experiment, tracking_uri=outcome.tracking_uri, out_dir=out)
-        print(f"raysem: report written to {out}: {summary}")
+        print(f"raysem: report written to {out}\n{summary.describe()}")
     return 0
 
 

@@ -63,6 +63,21 @@ class ReportSummary:
     compare: str | None = None
     notes: list[str] = field(default_factory=list)
 
+    def describe(self) -> str:
+        """A few lines for a terminal: what was written, what was skipped and why, where it was logged."""
+        lines = ["headline: mean [95% bootstrap CI]"] if self.headline else []
+        lines += [
+            f"  {label}: {row['n_trials']} trials, "
+            + ", ".join(f"{m} {e.estimate:.2f} [{e.low:.2f}, {e.high:.2f}]" for m, e in row.items() if m != "n_trials")
+            for label, row in self.headline.items()
+        ]
+        lines.append(f"sections: {', '.join(self.sections)}")
+        lines += [f"skipped {key}: {reason}" for key, reason in self.skipped.items()]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.logged_run_id:
+            lines.append(f"logged to run {self.logged_run_id} under report/")
+        return "\n".join([*lines, str(self.markdown), str(self.html)])
+
 
 @dataclass
 class _Context:

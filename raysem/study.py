@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import sys
 import time
@@ -357,6 +358,9 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
                 verbose=0,
             ),
         )
+    # Results live in MLflow and the pending store; with the per-trial loggers off, the ResultGrid
+    # that fit() builds finds no result.json and would warn once per trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
     if parent_id:
         tracking.finish_study(uri, parent_id)

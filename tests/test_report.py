@@ -190,6 +190,11 @@ def test_trials_deduplicated_and_failures_counted(study):
     assert summary.n_failed == 1
     assert summary.n_duplicates == 1
     assert "single-s99" in md
+    first, *rows = summary.describe().splitlines()[: 1 + len(summary.headline)]
+    assert first == "headline: mean [95% bootstrap CI]"
+    for (label, head), row in zip(summary.headline.items(), rows):
+        acc = head["accuracy"]
+        assert row.startswith(f"  {label}: {head['n_trials']} trials, accuracy {acc.estimate:.2f} [{acc.low:.2f}, {acc.high:.2f}]")
 
 
 def test_table1_matches_the_records(study):
