@@ -62,7 +62,7 @@ def trial(
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the sampling and the trial."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Embedded model name, local folder or Hugging Face id."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: the config default)."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the config default)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the method's, raysem.config.DEFAULT_LR)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the headline metrics."),
 ) -> None:
     """Sample K facts (seeded), learn them with one method, and report accuracy, generality and locality.
