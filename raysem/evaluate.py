@@ -19,28 +19,20 @@ BaseRecord = dict[str, Any]
 """One fact's base-model row: fact_id, y_old, y_old_raw, dist_old, target_tokens, prompt_tokens, y_old_empty, locality_base."""
 
 
-def _flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
-    flat = [item for group in groups for item in group]
-    return flat, [len(group) for group in groups]
-
-
-def _split(flat: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
-    out, start = [], 0
-    for size in sizes:
-        out.append(list(flat[start : start + size]))
-        start += size
-    return out
+def check_base(facts: Sequence[Fact], base: dict[str, BaseRecord]) -> None:
+    """Raise a KeyError naming the facts (up to 5) that have no base-model record in ``base``."""
+    missing = sorted({f.id for f in facts if f.id not in base})
+    if missing:
+        raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
 
 
 def base_records(lm: LoadedModel, facts: Sequence[Fact], batch_size: int = 32) -> list[BaseRecord]:
     """Greedy y_old for each fact (``max_new_tokens`` = target token count), its target distance,
     and the base model's greedy outputs on the locality prompts (budget = reference answer tokens)."""
     budgets = [target_token_count(lm, f.target) for f in facts]
-    old = greedy_answers(lm, [f.prompt for f in facts], budgets, batch_size)
+    answers = _answers_by_kind(lm, facts, budgets, batch_size, None, kinds=("prompt", "locality"))
+    old = [a["prompt"][0] for a in answers]
     dist = AnswerEmbedder.from_model(lm).distance([a.text for a in old], [f.target for f in facts])
-    loc_prompts, loc_sizes = _flatten([[p.prompt for p in f.locality] for f in facts])
-    loc_budgets = [target_token_count(lm, p.answer) or 1 for f in facts for p in f.locality]
-    loc_out = _split([a.text for a in greedy_answers(lm, loc_prompts, loc_budgets, batch_size)], loc_sizes)
     return [
         {
             "fact_id": f.id,
@@ -50,9 +42,9 @@ def base_records(lm: LoadedModel, facts: Sequence[Fact], batch_size: int = 32) -
             "target_tokens": budget,
             "prompt_tokens": len(lm.tokenizer(lm.format_prompt(f.prompt), add_special_tokens=False).input_ids),
             "y_old_empty": not a.text,
-            "locality_base": loc,
+            "locality_base": [probe.text for probe in answers_of["locality"]],
         }
-        for f, a, d, budget, loc in zip(facts, old, dist, budgets, loc_out)
+        for f, a, d, budget, answers_of in zip(facts, old, dist, budgets, answers)
     ]
 
 
@@ -71,9 +63,7 @@ def evaluate_facts(
     ``before_batch``, when given, is called before every model batch with, for each of its rows,
     the index in ``facts`` of the fact that row belongs to (its prompt, a rephrasing or a probe).
     """
-    missing = [f.id for f in facts if f.id not in base]
-    if missing:
-        raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
+    check_base(facts, base)
     budgets = [base[f.id]["target_tokens"] for f in facts]
     answers = _answers_by_kind(lm, facts, budgets, batch_size, before_batch)
     new = [answers[i]["prompt"][0] for i in range(len(facts))]
@@ -122,29 +112,37 @@ def _answers_by_kind(
     budgets: Sequence[int],
     batch_size: int,
     before_batch: Callable[[list[int]], None] | None,
+    kinds: Sequence[str] = ANSWER_KINDS,
 ) -> list[dict[str, list[Answer]]]:
-    """Greedy answers to every fact's prompt, rephrasings, locality and portability probes, decoded
-    together in one ``greedy_answers`` call (so batches stay full); per fact, a list for each kind.
-
-    The prompt and rephrasings get the target's token budget; a probe gets its reference answer's.
+    """Greedy answers to each fact's questions of the given ``kinds`` (prompt, rephrasings, locality
+    and portability probes), decoded together in one ``greedy_answers`` call (so batches stay full);
+    per fact, a list for each kind (budgets as in :func:`_questions`).
     ``before_batch`` is called with, for each row of a model batch, the index of the fact it belongs to.
     """
     owners: list[int] = []
-    kinds: list[str] = []
     questions: list[str] = []
     lengths: list[int] = []
+    row_kinds: list[str] = []
     for i, f in enumerate(facts):
-        rows = [("prompt", f.prompt, budgets[i])]
-        rows += [("rephrasing", q, budgets[i]) for q in f.rephrasings]
-        rows += [(kind, p.prompt, target_token_count(lm, p.answer) or 1) for kind, probes in
-                 (("locality", f.locality), ("portability", f.portability)) for p in probes]  # fmt: skip
-        for kind, question, length in rows:
-            owners.append(i)
-            kinds.append(kind)
-            questions.append(question)
-            lengths.append(length)
+        for kind in kinds:
+            for question, length in _questions(lm, f, budgets[i], kind):
+                owners.append(i)
+                row_kinds.append(kind)
+                questions.append(question)
+                lengths.append(length)
     hook = None if before_batch is None else (lambda rows: before_batch([owners[r] for r in rows]))
-    grouped: list[dict[str, list[Answer]]] = [{k: [] for k in ANSWER_KINDS} for _ in facts]
-    for owner, kind, answer in zip(owners, kinds, greedy_answers(lm, questions, lengths, batch_size, hook)):
+    grouped: list[dict[str, list[Answer]]] = [{k: [] for k in kinds} for _ in facts]
+    for owner, kind, answer in zip(owners, row_kinds, greedy_answers(lm, questions, lengths, batch_size, hook)):
         grouped[owner][kind].append(answer)
     return grouped
+
+
+def _questions(lm: LoadedModel, fact: Fact, budget: int, kind: str) -> list[tuple[str, int]]:
+    """A fact's questions of one kind with their answer budgets: ``budget`` (the target's token count)
+    for the prompt and rephrasings, the reference answer's token count (at least 1) for a probe."""
+    if kind == "prompt":
+        return [(fact.prompt, budget)]
+    if kind == "rephrasing":
+        return [(q, budget) for q in fact.rephrasings]
+    probes = fact.locality if kind == "locality" else fact.portability
+    return [(p.prompt, target_token_count(lm, p.answer) or 1) for p in probes]

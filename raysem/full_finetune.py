@@ -19,7 +19,7 @@ from torch import nn
 
 from raysem.config import TrialConfig
 from raysem.encoding import encode_targets, target_logits
-from raysem.evaluate import BaseRecord
+from raysem.evaluate import BaseRecord, check_base
 from raysem.facts import Fact
 from raysem.loss import reweighted_loss
 from raysem.model import LoadedModel, load_model
@@ -247,9 +247,7 @@ def run_full_finetune(
         raise ValueError(f"run_full_finetune trains every weight: cfg.method must be 'full', got {cfg.method!r}")
     if not train_facts or not test_facts:
         raise ValueError("full fine-tuning needs at least one training fact and one test fact")
-    missing = sorted({f.id for f in [*train_facts, *test_facts]} - set(base))
-    if missing:
-        raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
+    check_base([*train_facts, *test_facts], base)
     per_worker = dict(resources_per_worker or ({"GPU": 1} if use_gpu else {"CPU": 1}))
     if use_gpu:
         per_worker.setdefault("GPU", 1)

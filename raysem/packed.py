@@ -19,7 +19,7 @@ from torch import nn
 
 from raysem.config import TrialConfig
 from raysem.encoding import TargetBatch, encode_targets, target_logits
-from raysem.evaluate import BaseRecord, evaluate_facts
+from raysem.evaluate import BaseRecord, check_base, evaluate_facts
 from raysem.facts import Fact
 from raysem.loss import IGNORE_INDEX, check_gamma, loss_weights, per_example_loss
 from raysem.model import LoadedModel
@@ -386,9 +386,7 @@ def run_packed_trials(
     ids = list(trial_ids) if trial_ids is not None else [default_trial_id(f, c) for f, c in zip(facts, cfgs)]
     if len(ids) != len(facts):
         raise ValueError(f"{len(ids)} trial ids for {len(facts)} trials")
-    missing = [f.id for f in facts if f.id not in base]
-    if missing:
-        raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
+    check_base(facts, base)
     start = time.perf_counter()
     packed = attach_packed_lora(lm.model, [c.seed for c in cfgs], cfg.rank, cfg.alpha, cfg.target_modules)
     try:

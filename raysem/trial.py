@@ -23,7 +23,7 @@ from torch import nn
 from raysem.analysis import frobenius_analysis, has_lora_layers, last_token_features
 from raysem.config import TrialConfig
 from raysem.encoding import encode_targets, target_logits
-from raysem.evaluate import BaseRecord, base_records, evaluate_facts
+from raysem.evaluate import BaseRecord, base_records, check_base, evaluate_facts
 from raysem.facts import Fact
 from raysem.loss import reweighted_loss
 from raysem.methods import Attachment, attach
@@ -203,12 +203,6 @@ def finish_trial(
     )
 
 
-def _check_base(facts: Sequence[Fact], base: dict[str, BaseRecord]) -> None:
-    missing = sorted({f.id for f in facts if f.id not in base})
-    if missing:
-        raise KeyError(f"no base-model record for facts {missing[:5]} ({len(missing)} missing)")
-
-
 def run_trial(
     resident: ResidentModel,
     train_facts: Sequence[Fact],
@@ -229,7 +223,7 @@ def run_trial(
     started = time.perf_counter()
     if not test_facts:
         raise ValueError("a trial needs at least one test fact")
-    _check_base([*train_facts, *test_facts], base)
+    check_base([*train_facts, *test_facts], base)
     lm = resident.lm
     torch.manual_seed(cfg.seed)
     with attach(lm.model, cfg) as attachment:
