@@ -44,6 +44,15 @@ def _resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+def _percentile_interval(estimate: float, boots: np.ndarray, alpha: float) -> Estimate:
+    """``estimate`` with the ``alpha/2`` and ``1 - alpha/2`` quantiles of the non-NaN bootstrap
+    statistics (NaN bounds when every resample was undefined)."""
+    if np.isnan(boots).all():
+        return Estimate(estimate, math.nan, math.nan)
+    low, high = np.nanquantile(boots, [alpha / 2, 1 - alpha / 2])
+    return Estimate(estimate, float(low), float(high))
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     stat: Callable[[np.ndarray], float] = np.mean,
@@ -75,8 +84,7 @@ def bootstrap_ci(
         boots = units[idx].mean(axis=1)
     else:
         boots = np.array([stat(units[i]) for i in idx], dtype=float)
-    low, high = np.nanquantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(estimate, float(low), float(high))
+    return _percentile_interval(estimate, boots, alpha)
 
 
 def bootstrap_ratio_ci(
@@ -108,8 +116,7 @@ def bootstrap_ratio_ci(
     idx = _resample_indices(n, n_boot, seed)
     boot_den = den[idx].sum(axis=1)
     boots = num[idx].sum(axis=1) / np.where(boot_den > 0, boot_den, np.nan)
-    low, high = np.nanquantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(estimate, float(low), float(high))
+    return _percentile_interval(estimate, boots, alpha)
 
 
 def bootstrap_corr_ci(
@@ -141,10 +148,7 @@ def bootstrap_corr_ci(
         return Estimate(estimate, math.nan, math.nan)
     idx = _resample_indices(n, n_boot, seed)
     boots = corr(units[idx, 0], units[idx, 1])
-    if np.isnan(boots).all():
-        return Estimate(estimate, math.nan, math.nan)
-    low, high = np.nanquantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(estimate, float(low), float(high))
+    return _percentile_interval(estimate, boots, alpha)
 
 
 def paired_difference(
@@ -200,5 +204,4 @@ def difference_ci(
         xb[rng.integers(0, len(xb), size=(n_boot, len(xb)))].mean(axis=1)
         - xa[rng.integers(0, len(xa), size=(n_boot, len(xa)))].mean(axis=1)
     )
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(estimate, float(low), float(high))
+    return _percentile_interval(estimate, boots, alpha)
