@@ -311,3 +311,16 @@ def test_study_whose_trials_all_failed_reports_only_the_overview(study, tmp_path
     assert set(summary.skipped.values()) == {"no finished trial"}
     assert summary.logged_run_id is None and not summary.figures
     assert "0 finished, 1 failed" in summary.markdown.read_text()
+
+
+def test_figure5_needs_two_featured_facts_per_model(study, tmp_path):
+    store = study[0]
+    exp = store.experiment("one-featured-fact")
+    recs = _records(np.random.default_rng(3), 0, 1, 1.0)
+    save = lambda p: np.savez(  # noqa: E731
+        p, features=np.ones((1, 8), dtype=np.float32), dist_old=recs["dist_old"].to_numpy(), fact_ids=recs["fact_id"].to_numpy().astype(str)
+    )
+    store.trial(exp, store.parent(exp), "single-s0", {"k": 1, "sampling": 0}, recs, analysis={"features.npz": save})
+    summary = build_report("one-featured-fact", tracking_uri=store.uri, out_dir=tmp_path, log_to_mlflow=False)
+    assert summary.skipped["fig5"] == "fewer than 2 facts with logged features per model"
+    assert "fig5" not in summary.figures
