@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["lora", "adalora", "adapter", "ia3", "full"]
+Optimizer = Literal["adamw", "sgd"]
 METHODS: tuple[str, ...] = ("lora", "adalora", "adapter", "ia3", "full")
 
 DEFAULT_LR: dict[str, float] = {"lora": 5e-3, "adalora": 3e-2, "adapter": 1e-3, "ia3": 3e-2, "full": 3e-5}
@@ -25,7 +26,12 @@ class TrialConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps packed and unpacked trials identical)")
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     adapter_size: int = Field(64, ge=1, description="Houlsby adapter bottleneck width")
-    lr: float = Field(DEFAULT_LR["lora"], gt=0, description="AdamW learning rate; omitted or None: DEFAULT_LR[method]")
+    optimizer: Optimizer = Field(
+        "adamw",
+        description="adamw (default) or sgd (plain, no momentum); AdamW cancels a constant loss factor, so γ "
+        "acts on a single-fact trial only under sgd",
+    )
+    lr: float = Field(DEFAULT_LR["lora"], gt=0, description="learning rate; omitted or None: DEFAULT_LR[method] (tuned for AdamW)")
     steps: int = Field(21, ge=1, description="optimizer steps (each over one batch)")
     batch_size: int = Field(16, ge=1, description="facts per optimizer step for k-fact trials")
     weight_decay: float = Field(0.0, ge=0)

@@ -23,6 +23,7 @@ from raysem.evaluate import BaseRecord, check_base
 from raysem.facts import Fact
 from raysem.loss import reweighted_loss
 from raysem.model import LoadedModel, load_model
+from raysem.optim import build_optimizer
 from raysem.results import TrialResult
 from raysem.semantics import AnswerEmbedder
 from raysem.trial import NonFiniteLossError, batch_tokens, finish_trial, train_batches
@@ -72,7 +73,7 @@ def shard_for_rank(items: Sequence[T], rank: int, world_size: int) -> list[T]:
 def deepspeed_config(cfg: TrialConfig, world_size: int, batch_size: int, bf16: bool) -> dict[str, Any]:
     """The DeepSpeed config of a trial: ZeRO stage ``cfg.zero_stage``, no gradient accumulation, clipping
     only when ``cfg.max_grad_norm`` is set, bf16 on GPU (fp32 otherwise). The optimizer is the client's
-    ``torch.optim.AdamW``, so the config names none."""
+    (``build_optimizer``: AdamW or SGD), so the config names none."""
     micro = max(1, math.ceil(batch_size / world_size))
     return {
         "train_micro_batch_size_per_gpu": micro,
@@ -153,7 +154,7 @@ def _train_worker(config: dict[str, Any]) -> TrialResult | _Diverged | None:
     if device is not None:
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(lm.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(lm.model.parameters(), cfg)
     batch_size = min(cfg.batch_size, len(train_facts))
     engine, *_ = deepspeed.initialize(
         model=lm.model,
@@ -217,7 +218,7 @@ def run_full_finetune(
     """Fine-tune every weight of ``model`` on ``train_facts`` with DeepSpeed ZeRO on ``cfg.num_workers``
     Ray Train workers, then evaluate ``test_facts``; the records follow ``raysem.results.RECORD_FIELDS``.
 
-    Training follows the shared trial semantics: ``cfg.steps`` AdamW steps over the batches of
+    Training follows the shared trial semantics: ``cfg.steps`` optimizer steps over the batches of
     ``raysem.trial.train_batches``; each step's batch is split across ranks (``shard_for_rank``) and the
     engine's gradient average equals the gradient of the batch's mean re-weighted loss. ``base`` holds
     the base model's rows (y_old, dist_old, ...) for every train and test fact.

@@ -27,8 +27,10 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     can pass logits computed only at the positions the loss needs.
     """
     mask = labels != IGNORE_INDEX
+    # half precision is upcast to float32; float64 stays float64
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     tokens = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
+        logits.reshape(-1, logits.shape[-1]),
         labels.masked_fill(~mask, 0).reshape(-1),
         reduction="none",
     ).view(labels.shape)

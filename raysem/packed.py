@@ -23,6 +23,7 @@ from raysem.evaluate import BaseRecord, check_base, evaluate_facts
 from raysem.facts import Fact
 from raysem.loss import IGNORE_INDEX, check_gamma, loss_weights, per_example_loss
 from raysem.model import LoadedModel
+from raysem.optim import build_optimizer
 from raysem.results import TrialResult, aggregate
 from raysem.semantics import AnswerEmbedder
 
@@ -275,7 +276,7 @@ def train_packed(
     row_tokens = batch.attention_mask.sum(1).tolist()
     weights = torch.cat([loss_weights([base[f.id]["dist_old"]], check_gamma(c.gamma)) for f, c in zip(facts, cfgs)]).to(device)
     params = list(packed.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(params, cfg)
     n = len(facts)
     out = PackedTraining(loss_curves=[[] for _ in facts], steps=[0] * n, tokens=[0] * n)
     frozen: list[tuple[torch.Tensor, list[torch.Tensor]]] = []

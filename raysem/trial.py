@@ -28,6 +28,7 @@ from raysem.facts import Fact
 from raysem.loss import reweighted_loss
 from raysem.methods import Attachment, attach
 from raysem.model import DEFAULT_MODEL, LoadedModel, load_model
+from raysem.optim import build_optimizer
 from raysem.results import TrialResult, aggregate
 from raysem.semantics import AnswerEmbedder
 
@@ -130,7 +131,7 @@ def train(
 ) -> tuple[list[float], int]:
     """Run the trial's optimizer steps on the attached method; returns (loss per step, trained tokens)."""
     params = attachment.parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(params, cfg)
     losses: list[float] = []
     tokens = 0
     attachment.train(True)

@@ -12,7 +12,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ["RAYSEM_DATA"]).expanduser() if os.environ.get("RAYSEM_DATA") else REPO_ROOT.parent / "shared" / "data"
+"""The real dataset copies: ``$RAYSEM_DATA`` when set, else ``../shared/data`` beside the clone (as the package looks)."""
+
+
+def shared_file(relative: str) -> Path:
+    """A file of the real dataset copies under ``SHARED_DATA``; the calling test skips, saying why, when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"real dataset copy {relative} not found under {SHARED_DATA} (set RAYSEM_DATA to its folder)")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +63,42 @@ def tiny(tiny_model_dir):
     from raysem.model import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture()
+def tiny64(tiny_model_dir):
+    """The tiny random Llama in float64, for comparisons that must not depend on a CPU's float32 rounding."""
+    from raysem.model import load_model
+
+    return load_model(str(tiny_model_dir), dtype=torch.float64)
+
+
+def stop_ray_started_in(temp_dir: str | Path, grace: float = 30.0) -> int:
+    """End the processes of the Ray cluster started with ``--temp-dir temp_dir`` (and no other Ray on
+    the machine, unlike ``ray stop``): SIGTERM, then SIGKILL after ``grace`` seconds. Returns how many."""
+    import psutil
+
+    needle = str(temp_dir)
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(needle in arg for arg in proc.info["cmdline"] or ()):
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in mine:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(mine, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return len(mine)
 
 
 def free_port() -> int:

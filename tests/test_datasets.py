@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import SHARED_DATA
 from raysem import datasets
 from raysem.cli_data import data_app
 from raysem.datasets import SkippedRecordWarning, load_facts
 from raysem.facts import DatasetError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared dataset copies not present at {SHARED}")
+SHARED = SHARED_DATA
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real dataset copies not found at {SHARED} (set RAYSEM_DATA)")
 
 ZSRE_RECORD = {
     "subject": "UniFirst",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO_ROOT, SHARED_DATA
+from conftest import REPO_ROOT, shared_file
 from raysem.cli_semantic import semantic_app
 from raysem.distances import (
     COLUMNS,
@@ -27,7 +27,7 @@ from raysem.distances import (
 from raysem.evaluate import base_records
 from raysem.paths import raysem_home
 
-ZSRE = SHARED_DATA / "zsre" / "zsre_mend_eval_1037.json"
+ZSRE = "zsre/zsre_mend_eval_1037.json"
 
 
 @pytest.fixture()
@@ -44,7 +44,7 @@ def home(tmp_path, monkeypatch):
 def zsre6():
     from raysem.datasets import load_facts
 
-    return load_facts(ZSRE, limit=6)
+    return load_facts(shared_file(ZSRE), limit=6)
 
 
 def _assert_same_records(table: dict, direct: list[dict]) -> None:
@@ -86,7 +86,7 @@ def test_second_call_reads_the_cache(tiny, tiny_model_dir, zsre6, home):
     pd.testing.assert_frame_equal(again, frame)
 
     # The same facts named differently (a path with a limit, the loaded model) share the entry.
-    assert distance_table(tiny, str(ZSRE), limit=6, progress=False)[1] == path
+    assert distance_table(tiny, str(shared_file(ZSRE)), limit=6, progress=False)[1] == path
     other = distance_table(str(tiny_model_dir), zsre6.facts[:5], progress=False)[1]
     assert other != path and other.is_file()
 
@@ -180,7 +180,7 @@ def test_job_spec_validation(tmp_path):
 def test_cli_distances_json_and_out(home, tmp_path):
     runner = CliRunner()
     out = tmp_path / "copy.csv"
-    args = ["distances", str(ZSRE), "--model", "smollm2-135m-instruct", "--limit", "3", "--json"]
+    args = ["distances", str(shared_file(ZSRE)), "--model", "smollm2-135m-instruct", "--limit", "3", "--json"]
     result = runner.invoke(semantic_app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -195,11 +195,11 @@ def test_cli_distances_json_and_out(home, tmp_path):
 def test_cli_distances_without_defined_distances(tiny_model_dir, home):
     # The tiny random model answers with blank lines only: every distance is undefined.
     runner = CliRunner()
-    result = runner.invoke(semantic_app, ["distances", str(ZSRE), "--model", str(tiny_model_dir), "--limit", "3", "--json"])
+    result = runner.invoke(semantic_app, ["distances", str(shared_file(ZSRE)), "--model", str(tiny_model_dir), "--limit", "3", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["count"] == 3 and payload["empty"] == 3 and payload["mean"] is None
-    text = runner.invoke(semantic_app, ["distances", str(ZSRE), "--model", str(tiny_model_dir), "--limit", "3"])
+    text = runner.invoke(semantic_app, ["distances", str(shared_file(ZSRE)), "--model", str(tiny_model_dir), "--limit", "3"])
     assert text.exit_code == 0 and payload["cache"] in text.stdout.replace("\n", "")
 
 
@@ -207,8 +207,8 @@ def test_cli_distances_without_defined_distances(tiny_model_dir, home):
     "args, message",
     [
         (["distances", "nosuchset", "--model", "smollm2-135m-instruct"], "is neither a dataset name"),
-        (["distances", str(ZSRE), "--model", "/no/such/model", "--limit", "2"], "is not a model folder"),
-        (["distances", str(ZSRE), "--out", "x.txt"], "--out must end in .parquet or .csv"),
+        (["distances", str(shared_file(ZSRE)), "--model", "/no/such/model", "--limit", "2"], "is not a model folder"),
+        (["distances", str(shared_file(ZSRE)), "--out", "x.txt"], "--out must end in .parquet or .csv"),
     ],
 )
 def test_cli_distances_errors(args, message, home):
@@ -220,7 +220,7 @@ def test_cli_distances_errors(args, message, home):
 @pytest.mark.slow
 def test_ray_data_job_writes_the_same_table(tiny_model_dir, zsre6, home, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"model: {tiny_model_dir}\ndataset: {ZSRE}\nlimit: 6\nbatch_size: 4\nactors: 1\n")
+    spec.write_text(f"model: {tiny_model_dir}\ndataset: {shared_file(ZSRE)}\nlimit: 6\nbatch_size: 4\nactors: 1\n")
     job = runpy.run_path(str(REPO_ROOT / "jobs" / "distance_table.py"))
     assert job["main"](["--spec", str(spec), "--quick", "--address", "local"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO_ROOT, free_port, start_mlflow_server
+from conftest import REPO_ROOT, free_port, start_mlflow_server, stop_ray_started_in
 from raysem.ray_auth import auth_env, ensure_token
 
 pytestmark = pytest.mark.slow
@@ -27,6 +27,10 @@ def test_token_file_is_private(tmp_path):
 
 
 def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
+    """The head runs in its own --temp-dir, and only its processes are stopped afterwards."""
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="raysem-ray-")  # short: Ray's socket paths must stay under 108 bytes
     bin_dir = Path(sys.executable).parent
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
@@ -51,7 +55,8 @@ def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
     try:
         subprocess.run(
             [ray, "start", "--head", "--port", str(ray_port), "--num-cpus", "2", "--include-dashboard", "true",
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--disable-usage-stats"],
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--disable-usage-stats",
+             "--temp-dir", ray_tmp],
             env=env, check=True, timeout=180,
         )  # fmt: skip
         submitted = subprocess.run(
@@ -62,7 +67,7 @@ def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert "succeeded" in submitted.stdout
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, timeout=120)
+        assert stop_ray_started_in(ray_tmp) > 0
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name("submitted")

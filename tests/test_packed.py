@@ -14,10 +14,11 @@ from raysem.encoding import encode_targets, target_logits
 from raysem.evaluate import base_records, evaluate_facts
 from raysem.facts import Fact, Probe
 from raysem.loss import per_example_loss, reweighted_loss
+from raysem.optim import build_optimizer
 from raysem.packed import attach_packed_lora, check_packable, evaluate_packed, run_packed_trials, train_packed
 from raysem.semantics import AnswerEmbedder
 
-from conftest import SHARED_DATA
+from conftest import shared_file
 
 FACTS = [
     Fact(
@@ -42,7 +43,34 @@ FACTS = [
         locality=(Probe("Where is the Eiffel Tower?", "Paris"),),
     ),
 ]
-TOL = dict(rtol=1e-4, atol=1e-6)
+TOL = dict(rtol=1e-6, atol=1e-9)
+"""Packed against unpacked results, both in float64, where the two paths may differ by rounding only.
+
+Tests run in float64 so that they hold on any CPU. Llama's RMSNorm and rotary tables still
+compute in float32, so gradients agree to ~1e-7 relative, not 1e-15. Under SGD an update is
+lr·g, so weights agree element by element (``TOL``). Under AdamW an update is lr·m/(√v + eps): an
+element whose gradient is at rounding level (|g| ≲ eps = 1e-8) can turn rounding into a whole
+±lr step, and which elements do depends on the CPU's kernels; ``assert_trained_alike`` allows
+that on a few elements (``ADAMW_OUTLIERS``), each by at most what AdamW can move one element,
+and asks every other element to agree to ``ADAMW_TOL``. A packing bug moves most elements: swapped
+adapters, losses averaged instead of summed (under SGD: a 1/K step), one clip over all trials.
+"""
+ADAMW_TOL = dict(rtol=1e-4, atol=1e-7)
+ADAMW_OUTLIERS = 0.01
+"""Under AdamW, the share of a tensor's elements allowed outside ``ADAMW_TOL`` (measured on the embedded
+model, 3 steps: 3.6% of elements outside ``TOL``, 0.04% outside ``ADAMW_TOL``, none beyond 3e-6)."""
+
+
+def assert_trained_alike(got: torch.Tensor, want: torch.Tensor, cfg: TrialConfig, name: str = "") -> None:
+    """``got`` equals ``want`` to rounding, as the optimizer can amplify it (see ``TOL``)."""
+    if cfg.optimizer == "sgd":
+        torch.testing.assert_close(got, want, **TOL, msg=lambda m: f"{name}: {m}")
+        return
+    off = (got - want).abs() > ADAMW_TOL["atol"] + ADAMW_TOL["rtol"] * want.abs()
+    assert off.float().mean() <= ADAMW_OUTLIERS, f"{name}: {int(off.sum())} of {off.numel()} elements differ"
+    # AdamW moves an element by at most ~lr·(1-β1)/√(1-β2) ≈ 3.2·lr a step, plus weight decay
+    bound = 3.2 * cfg.lr * cfg.steps * (1 + cfg.weight_decay)
+    assert float((got - want).abs().max()) <= bound, f"{name}: an element differs by more than {bound}"
 
 
 def peft_trial(lm, fact: Fact, cfg: TrialConfig, base: dict):
@@ -51,7 +79,7 @@ def peft_trial(lm, fact: Fact, cfg: TrialConfig, base: dict):
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules), lora_dropout=0.0)
     model = get_peft_model(lm.model, config)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(params, cfg)
     batch = encode_targets(lm, [fact.prompt], [fact.target])
     for _ in range(cfg.steps):
         loss = reweighted_loss(target_logits(model, batch), batch.labels, [base[fact.id]["dist_old"]], cfg.gamma, "mean")
@@ -138,26 +166,28 @@ def test_init_equals_peft_and_detach_restores_base(tiny):
     assert not torch.equal(inits[0]["model.layers.0.self_attn.q_proj.lora_A.weight"], inits[1]["model.layers.0.self_attn.q_proj.lora_A.weight"])
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 @pytest.mark.parametrize(("clip", "micro_batch"), [(None, None), (0.05, 2)])
-def test_packed_trials_equal_unpacked_peft_trials(tiny, clip, micro_batch):
-    base = {r["fact_id"]: r for r in base_records(tiny, FACTS)}
-    embedder = AnswerEmbedder.from_model(tiny)
-    shared = dict(rank=4, alpha=8.0, lr=0.05, steps=4, weight_decay=0.1, max_grad_norm=clip)
+def test_packed_trials_equal_unpacked_peft_trials(tiny64, clip, micro_batch, optimizer):
+    base = {r["fact_id"]: r for r in base_records(tiny64, FACTS)}
+    embedder = AnswerEmbedder.from_model(tiny64)
+    lr = 0.05 if optimizer == "adamw" else 2.0
+    shared = dict(rank=4, alpha=8.0, lr=lr, steps=4, weight_decay=0.1, max_grad_norm=clip, optimizer=optimizer)
     cfgs = [TrialConfig(seed=3, gamma=0.0, **shared), TrialConfig(seed=9, gamma=2.5, **shared), TrialConfig(seed=3, gamma=1.0, **shared)]
-    before = snapshot(tiny.model)
+    before = snapshot(tiny64.model)
 
-    packed = attach_packed_lora(tiny.model, [c.seed for c in cfgs], 4, 8.0, ("q_proj", "v_proj"))
-    run = train_packed(tiny, packed, FACTS, cfgs, base, micro_batch)
+    packed = attach_packed_lora(tiny64.model, [c.seed for c in cfgs], 4, 8.0, ("q_proj", "v_proj"))
+    run = train_packed(tiny64, packed, FACTS, cfgs, base, micro_batch)
     got_weights = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(3)]
-    got_records = evaluate_packed(tiny, packed, FACTS, [0, 1, 2], base, embedder, batch_size=2)
+    got_records = evaluate_packed(tiny64, packed, FACTS, [0, 1, 2], base, embedder, batch_size=2)
     packed.detach()
-    assert all(torch.equal(v, before[k]) for k, v in tiny.model.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in tiny64.model.state_dict().items())
     assert run.failed == {} and run.steps == [4, 4, 4]
 
-    want_weights, want_records = unpacked(tiny, FACTS, cfgs, base, embedder)
+    want_weights, want_records = unpacked(tiny64, FACTS, cfgs, base, embedder)
     for t in range(3):
         for name in want_weights[t]:
-            torch.testing.assert_close(got_weights[t][name], want_weights[t][name], **TOL)
+            assert_trained_alike(got_weights[t][name], want_weights[t][name], cfgs[t], name)
     assert_records_match(got_records, want_records)
     assert [r["y_new"] for r in got_records] == [r["y_new"] for r in want_records]
     # the trained adapters moved away from their start, and γ changed what trial 2 learned from trial 0's seed
@@ -191,14 +221,14 @@ def test_run_packed_trials_results(tiny):
         assert result.analysis == {}
 
 
-def test_packed_trials_match_run_trial(tiny):
+def test_packed_trials_match_run_trial(tiny64):
     """The service's unpacked trial path gives the same results, loss curves and aggregates."""
     from raysem.trial import ResidentModel, run_trial
 
-    resident = ResidentModel(tiny)
+    resident = ResidentModel(tiny64)
     base = resident.base_records(FACTS)
     cfgs = [TrialConfig(rank=4, alpha=8.0, lr=0.05, steps=3, weight_decay=0.1, seed=s, gamma=g) for s, g in [(5, 0.0), (6, 3.0), (7, 1.0)]]
-    packed = run_packed_trials(tiny, FACTS, cfgs, base, resident.embedder, micro_batch=2)
+    packed = run_packed_trials(tiny64, FACTS, cfgs, base, resident.embedder, micro_batch=2)
     for fact, cfg, got in zip(FACTS, cfgs, packed):
         want = run_trial(resident, [fact], [fact], base, cfg)
         assert_records_match(got.records, want.records)
@@ -209,14 +239,14 @@ def test_packed_trials_match_run_trial(tiny):
         assert_records_match([{k: got.aggregates[k] for k in shared}], [{k: want.aggregates[k] for k in shared}])
 
 
-def test_non_finite_trial_fails_alone(tiny):
+def test_non_finite_trial_fails_alone(tiny64):
     """Trial 1's rows turn NaN from its third training step on (a hook on the input embeddings);
     it fails naming its fact, its adapter stays as after two steps, and the others are unaffected."""
-    marker = tiny.tokenizer(FACTS[1].target, add_special_tokens=False).input_ids[0]
+    marker = tiny64.tokenizer(FACTS[1].target, add_special_tokens=False).input_ids[0]
     for fact in (FACTS[0], FACTS[2]):
-        text = tiny.format_prompt(fact.prompt) + fact.target
-        assert marker not in tiny.tokenizer(text, add_special_tokens=False).input_ids
-        assert all(marker not in tiny.tokenizer(tiny.format_prompt(p.prompt)).input_ids for p in fact.locality)
+        text = tiny64.format_prompt(fact.prompt) + fact.target
+        assert marker not in tiny64.tokenizer(text, add_special_tokens=False).input_ids
+        assert all(marker not in tiny64.tokenizer(tiny64.format_prompt(p.prompt)).input_ids for p in fact.locality)
     seen = [0]
 
     def poison(module, args, output):
@@ -227,33 +257,33 @@ def test_non_finite_trial_fails_alone(tiny):
                 output[rows] = math.nan
         return output
 
-    base = {r["fact_id"]: r for r in base_records(tiny, FACTS)}
-    embedder = AnswerEmbedder.from_model(tiny)
+    base = {r["fact_id"]: r for r in base_records(tiny64, FACTS)}
+    embedder = AnswerEmbedder.from_model(tiny64)
     shared = dict(rank=4, alpha=8.0, lr=0.05, steps=4, weight_decay=0.1)
     cfgs = [TrialConfig(seed=s, **shared) for s in (1, 2, 3)]
-    handle = tiny.model.get_input_embeddings().register_forward_hook(poison)
-    packed = attach_packed_lora(tiny.model, [1, 2, 3], 4, 8.0, ("q_proj", "v_proj"))
+    handle = tiny64.model.get_input_embeddings().register_forward_hook(poison)
+    packed = attach_packed_lora(tiny64.model, [1, 2, 3], 4, 8.0, ("q_proj", "v_proj"))
     try:
-        run = train_packed(tiny, packed, FACTS, cfgs, base, micro_batch=2)
+        run = train_packed(tiny64, packed, FACTS, cfgs, base, micro_batch=2)
     finally:
         handle.remove()
     got = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(3)]
-    records = evaluate_packed(tiny, packed, [FACTS[0], FACTS[2]], [0, 2], base, embedder)
+    records = evaluate_packed(tiny64, packed, [FACTS[0], FACTS[2]], [0, 2], base, embedder)
     packed.detach()
 
     assert list(run.failed) == [1] and "f1" in run.failed[1] and "step 2" in run.failed[1]
     assert run.steps == [4, 2, 4] and len(run.loss_curves[1]) == 2
     short = [c.model_copy(update={"steps": 2}) if i == 1 else c for i, c in enumerate(cfgs)]
-    want_weights, want_records = unpacked(tiny, FACTS, short, base, embedder)
+    want_weights, want_records = unpacked(tiny64, FACTS, short, base, embedder)
     for t in range(3):
         for name in want_weights[t]:
-            torch.testing.assert_close(got[t][name], want_weights[t][name], **TOL)
+            assert_trained_alike(got[t][name], want_weights[t][name], cfgs[t], name)
     assert_records_match(records, [want_records[0], want_records[2]])
 
-    handle = tiny.model.get_input_embeddings().register_forward_hook(poison)
+    handle = tiny64.model.get_input_embeddings().register_forward_hook(poison)
     seen[0] = 0
     try:
-        results = run_packed_trials(tiny, FACTS, cfgs, base, embedder)
+        results = run_packed_trials(tiny64, FACTS, cfgs, base, embedder)
     finally:
         handle.remove()
     assert [r.aggregates["failed"] for r in results] == [0.0, 1.0, 0.0]
@@ -274,7 +304,7 @@ def test_pack_configs_must_agree():
 
 
 def zsre_facts(n: int) -> list[Fact]:
-    records = json.loads((SHARED_DATA / "zsre" / "zsre_mend_eval_1037.json").read_text())[:n]
+    records = json.loads(shared_file("zsre/zsre_mend_eval_1037.json").read_text())[:n]
     return [
         Fact(
             id=f"zsre:{i}",
@@ -289,9 +319,10 @@ def zsre_facts(n: int) -> list[Fact]:
 
 @pytest.fixture()
 def fresh_smol():
+    """The embedded model in float64 (see ``TOL``: float32 weights after AdamW depend on the CPU)."""
     from raysem.model import load_model
 
-    return load_model("smollm2-135m-instruct")
+    return load_model("smollm2-135m-instruct", dtype=torch.float64)
 
 
 @pytest.mark.slow
@@ -335,18 +366,12 @@ def test_packed_gradients_equal_peft_gradients_on_embedded_model(fresh_smol):
             lm.model = model.unload()
         assert want.keys() == got[t].keys() and len(want) == 120
         for name in want:
-            torch.testing.assert_close(got[t][name], want[name], rtol=1e-3, atol=1e-5)
+            torch.testing.assert_close(got[t][name], want[name], **TOL)
 
 
 @pytest.mark.slow
 def test_packed_trials_equal_unpacked_on_embedded_model(fresh_smol):
-    """Same answers and records as four PEFT trials run one by one.
-
-    Weights agree to float rounding, but not element by element: in fp32, AdamW's per-element
-    normalisation turns rounding noise on near-zero gradients into ±lr steps that later steps
-    carry on, so they are compared by relative norm here; gradients are compared element by
-    element above, and trained weights on the tiny model.
-    """
+    """Same weights, answers and records as four PEFT trials run one by one (float64, see ``TOL``)."""
     lm, facts = fresh_smol, zsre_facts(4)
     base = {r["fact_id"]: r for r in base_records(lm, facts)}
     embedder = AnswerEmbedder.from_model(lm, copy=True)
@@ -366,4 +391,4 @@ def test_packed_trials_equal_unpacked_on_embedded_model(fresh_smol):
     for t in range(4):
         assert got_weights[t].keys() == want_weights[t].keys() and len(got_weights[t]) == 120
         for name, want in want_weights[t].items():
-            assert float((got_weights[t][name] - want).norm() / want.norm()) < 5e-2, name
+            assert_trained_alike(got_weights[t][name], want, cfgs[t], name)

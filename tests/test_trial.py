@@ -227,7 +227,7 @@ def small_zsre(tmp_path, monkeypatch):
     (sharing the pulled embedded models)."""
     import json
 
-    from conftest import SHARED_DATA
+    from conftest import shared_file
 
     from raysem.paths import cache_dir
 
@@ -235,7 +235,7 @@ def small_zsre(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "models").symlink_to(models, target_is_directory=True)
     monkeypatch.setenv("RAYSEM_HOME", str(tmp_path / "home"))
-    records = json.loads((SHARED_DATA / "zsre" / "zsre_mend_eval_1037.json").read_text())[:8]
+    records = json.loads(shared_file("zsre/zsre_mend_eval_1037.json").read_text())[:8]
     path = tmp_path / "zsre_small.json"
     path.write_text(json.dumps(records))
     return path
