@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from raysem.filter import greedy_filter, random_filter
+from raysem.semantics.filter import greedy_filter, random_filter
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:

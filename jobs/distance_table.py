@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)
 
-    from raysem.distances import SpecError, distance_table_ray, load_spec, summary
-    from raysem.facts import DatasetError
+    from raysem.data.facts import DatasetError
+    from raysem.semantics.tables import SpecError, distance_table_ray, load_spec, summary
 
     try:
         spec = load_spec(args.spec)

@@ -4,6 +4,6 @@ Run on a cluster: `ray job submit --working-dir . -- python jobs/full_finetune.p
 locally in minutes: `python jobs/full_finetune.py --spec jobs/full_finetune.yaml --quick`.
 """
 
-from raysem.job import run_as_script
+from raysem.service.job import run_as_script
 
 run_as_script(__name__, __doc__)

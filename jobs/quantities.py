@@ -4,6 +4,6 @@ Run on a cluster: `ray job submit --working-dir . -- python jobs/quantities.py -
 locally in minutes: `python jobs/quantities.py --spec jobs/quantities.yaml --quick`.
 """
 
-from raysem.job import run_as_script
+from raysem.service.job import run_as_script
 
 run_as_script(__name__, __doc__)

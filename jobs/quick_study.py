@@ -4,6 +4,6 @@ Run on a cluster: `ray job submit --working-dir . -- python jobs/quick_study.py 
 locally in minutes: `python jobs/quick_study.py --spec jobs/quick_study.yaml --quick`.
 """
 
-from raysem.job import run_as_script
+from raysem.service.job import run_as_script
 
 run_as_script(__name__, __doc__)

@@ -27,7 +27,7 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def smol():
     """The embedded SmolLM2-135M-Instruct (pulled on first use)."""
-    from raysem.model import load_model
+    from raysem.models.loader import load_model
 
     return load_model("smollm2-135m-instruct")
 
@@ -60,7 +60,7 @@ def tiny_model_dir(tmp_path_factory, smol) -> Path:
 @pytest.fixture()
 def tiny(tiny_model_dir):
     """A fresh copy of the tiny random Llama, loaded through raysem's own loader."""
-    from raysem.model import load_model
+    from raysem.models.loader import load_model
 
     return load_model(str(tiny_model_dir))
 
@@ -68,7 +68,7 @@ def tiny(tiny_model_dir):
 @pytest.fixture()
 def tiny64(tiny_model_dir):
     """The tiny random Llama in float64, for comparisons that must not depend on a CPU's float32 rounding."""
-    from raysem.model import load_model
+    from raysem.models.loader import load_model
 
     return load_model(str(tiny_model_dir), dtype=torch.float64)
 

@@ -1,0 +1,1 @@
+"""The ``raysem`` command line: one module per command group. Imports any layer."""

@@ -1,0 +1,78 @@
+"""Prompt + target batches for training and teacher-forced scoring, with logits only at target positions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from raysem.models.loader import LoadedModel
+
+IGNORE_INDEX = -100
+"""Label of positions that are not target tokens (ignored by the loss and token accuracy)."""
+
+
+@dataclass
+class TargetBatch:
+    """Right-padded prompt+target sequences; ``positions[i, j]`` is the position whose output predicts ``labels[i, j]``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "TargetBatch":
+        return TargetBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.positions, self.labels)))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def encode_targets(lm: LoadedModel, questions: Sequence[str], targets: Sequence[str]) -> TargetBatch:
+    """Tokenise ``format_prompt(question) + target`` for each pair; the loss sees only target tokens."""
+    if len(questions) != len(targets):
+        raise ValueError(f"{len(questions)} questions but {len(targets)} targets")
+    tok = lm.tokenizer
+    prompts = [tok(lm.format_prompt(q), add_special_tokens=False).input_ids for q in questions]
+    answers = [tok(t, add_special_tokens=False).input_ids for t in targets]
+    for target, ids in zip(targets, answers):
+        if not ids:
+            raise ValueError(f"target {target!r} has no tokens")
+    length = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    width = max(len(a) for a in answers)
+    n = len(prompts)
+    input_ids = torch.full((n, length), tok.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, length), dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        seq = p + a
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention_mask[i, : len(seq)] = 1
+        positions[i, : len(a)] = torch.arange(len(p) - 1, len(p) - 1 + len(a))
+        labels[i, : len(a)] = torch.tensor(a)
+    return TargetBatch(input_ids, attention_mask, positions, labels)
+
+
+def target_logits(model: nn.Module, batch: TargetBatch) -> torch.Tensor:
+    """Logits (batch, target width, vocab) computed only at the positions that predict target tokens.
+
+    Runs the decoder stack, gathers the needed hidden states, and applies the output head to
+    those alone: the full-vocabulary projection of prompt positions is never computed.
+    """
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    index = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return model.get_output_embeddings()(hidden.gather(1, index))
+
+
+@torch.no_grad()
+def token_accuracy(model: nn.Module, batch: TargetBatch) -> list[float]:
+    """EasyEdit's teacher-forced token accuracy: per row, mean of argmax == target token over target tokens."""
+    predicted = target_logits(model, batch).argmax(-1)
+    mask = batch.labels != IGNORE_INDEX
+    hits = ((predicted == batch.labels) & mask).sum(1).float() / mask.sum(1).float()
+    return hits.tolist()

@@ -1,0 +1,353 @@
+"""The numbers behind each figure and table of the report, as plain DataFrames.
+
+Conventions: the unit of resampling is the trial (per-fact shares are pooled within a trial and
+bootstrapped over trials); "plain" trials are those trained without re-weighting (γ = 0) and
+without data filtering, which is what the paper's analysis figures use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from raysem.report.stats import (
+    Estimate,
+    bootstrap_ci,
+    bootstrap_corr_ci,
+    bootstrap_ratio_ci,
+    difference_ci,
+    paired_difference,
+)
+from raysem.semantics.embedding import distance_band
+from raysem.training.analysis import pca
+
+BIN_EDGES = np.arange(11) / 10
+"""Figure 3/4/8 bins: width 0.1 over [0, 1]; distances are clipped into [0, 1] before binning."""
+
+BANDS = ("short", "medium", "long")
+SETTING_COLUMNS = ("rank", "alpha", "dropout", "lr", "steps", "batch_size", "weight_decay")
+"""Training settings a sweep may vary besides the studied factor; comparisons stay within one setting."""
+CONFIG_COLUMNS = ("dataset", "model", "method", *SETTING_COLUMNS, "k", "gamma", "filter_mode", "filter_lambda",
+                  "replace", "mean_min", "mean_max")  # fmt: skip
+"""Trial params that define a configuration in the headline table (only those that vary are shown)."""
+HEADLINE_METRICS = ("accuracy", "token_accuracy", "generality", "locality", "portability")
+PAIR_KEY = ("sampling", "seed")
+"""Two trials of one configuration pair up when they trained on the same sampling with the same seed."""
+
+
+def plain(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials (or records) trained with γ = 0 and no data filtering."""
+    gamma = trials["gamma"].fillna(0.0)
+    mode = trials["filter_mode"].fillna("none")
+    return trials[(gamma == 0) & (mode == "none")]
+
+
+def varying(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    """The columns that take more than one value in the frame (missing values count as one)."""
+    return [c for c in columns if c in frame and frame[c].nunique(dropna=False) > 1]
+
+
+def fmt_value(value: Any) -> str:
+    """A param value as shown in labels: integers without ``.0``, None/NaN as '—'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+SHORT_NAMES = {"gamma": "γ", "replace": "ρ", "filter_mode": "selection", "filter_lambda": "λ"}
+NAME_COLUMNS = ("dataset", "model", "method")
+"""Columns whose values are shown bare in labels (they are names, not settings)."""
+
+
+def label(row: pd.Series | dict, columns: Sequence[str]) -> str:
+    """A readable label: names bare, settings as ``k=10``, ``γ=1``, ``ρ=0.6``, joined by ' · '."""
+    parts = []
+    for col in columns:
+        value = fmt_value(row[col])
+        parts.append(value if col in NAME_COLUMNS else f"{SHORT_NAMES.get(col, col)}={value}")
+    return " · ".join(parts) if parts else "all trials"
+
+
+def _group_keys(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    if not columns:
+        return [((), frame)]
+    groups = frame.groupby(list(columns), dropna=False, sort=True)
+    return [(key if isinstance(key, tuple) else (key,), part) for key, part in groups]
+
+
+def distance_bin(dist: pd.Series) -> pd.Series:
+    """Bin index 0..9 of each distance (clipped to [0, 1]); NaN stays NaN."""
+    clipped = dist.clip(0.0, 1.0)
+    idx = np.digitize(clipped, BIN_EDGES[1:-1]).astype(float)
+    idx[clipped.isna().to_numpy()] = np.nan
+    return pd.Series(idx, index=dist.index)
+
+
+# ---------------------------------------------------------------- binned per-fact shares
+
+
+def binned_rate(
+    records: pd.DataFrame,
+    value: str | Callable[[pd.DataFrame], pd.Series],
+    group_cols: Sequence[str],
+    where: Callable[[pd.DataFrame], pd.Series] | None = None,
+) -> pd.DataFrame:
+    """Pooled mean of a per-fact value in each target-distance bin, per group, with a trial-level CI.
+
+    ``value`` is a column (or a function of the records) averaged over the facts of a bin; NaN
+    values do not count. ``where`` restricts the facts that count (e.g. defined RD only).
+    Returns one row per (group, bin) with ``n_facts``, ``n_trials``, ``estimate``, ``low``, ``high``.
+    """
+    if records.empty:
+        return pd.DataFrame()
+    frame = records.assign(_bin=distance_bin(records["dist_old"]))
+    frame["_v"] = (frame[value] if isinstance(value, str) else value(frame)).astype(float)
+    keep = frame["_bin"].notna() & frame["_v"].notna()
+    if where is not None:
+        keep &= where(frame).astype(bool)
+    frame = frame[keep]
+    rows = []
+    for key, part in _group_keys(frame, group_cols):
+        for b, in_bin in part.groupby("_bin"):
+            per_trial = in_bin.groupby("run_id")["_v"].agg(["sum", "count"])
+            est = bootstrap_ratio_ci(per_trial["sum"], per_trial["count"])
+            rows.append({
+                **dict(zip(group_cols, key)), "bin": int(b), "lo": BIN_EDGES[int(b)], "hi": BIN_EDGES[int(b) + 1],
+                "n_facts": int(per_trial["count"].sum()), "n_trials": len(per_trial), **est._asdict(),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def accuracy_by_distance(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Figure 3 / 8: exact-match accuracy per distance bin."""
+    return binned_rate(records, "exact_match", group_cols)
+
+
+def deviation_by_distance(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Figure 4: deviation share and mean RD per distance bin (columns ``dev_*`` and ``rd_*``)."""
+    dev = binned_rate(records, "deviation", group_cols)
+    rd = binned_rate(records, "rd", group_cols)
+    if dev.empty:
+        return dev
+    keys = [*group_cols, "bin", "lo", "hi"]
+    dev = dev.rename(columns={c: f"dev_{c}" for c in ("n_facts", "n_trials", "estimate", "low", "high")})
+    rd = rd.rename(columns={c: f"rd_{c}" for c in ("n_facts", "n_trials", "estimate", "low", "high")})
+    return dev.merge(rd, on=keys, how="left") if not rd.empty else dev
+
+
+def deviation_among_bad(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Table 1: share of bad cases that moved away from the target, per group, CI over trials."""
+    rows = []
+    frame = records.assign(_dev_bad=records["deviation"] & records["bad_case"])
+    for key, part in _group_keys(frame, group_cols):
+        per_trial = part.groupby("run_id").agg(
+            bad=("bad_case", "sum"), dev_bad=("_dev_bad", "sum"), dev=("deviation", "sum"), facts=("deviation", "size")
+        )
+        share = bootstrap_ratio_ci(per_trial["dev_bad"], per_trial["bad"])
+        overall = bootstrap_ratio_ci(per_trial["dev"], per_trial["facts"])
+        rows.append({
+            **dict(zip(group_cols, key)), "n_trials": len(per_trial), "n_facts": int(per_trial["facts"].sum()),
+            "n_bad": int(per_trial["bad"].sum()), "share": share, "deviation_rate": overall,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- trial-level summaries
+
+
+def metric_ci(values: pd.Series | np.ndarray) -> Estimate:
+    """Mean over trials with its bootstrap CI."""
+    return bootstrap_ci(np.asarray(values, dtype=float))
+
+
+def correlation_ci(x: pd.Series, y: pd.Series) -> Estimate:
+    """Pearson correlation over trials with a bootstrap CI (resampling trials)."""
+    return bootstrap_corr_ci(np.asarray(x, float), np.asarray(y, float))
+
+
+def set_statistics(trials: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Figure 6: per group, correlation of trial accuracy with the set's mean and variance of distance."""
+    rows = []
+    for key, part in _group_keys(trials, group_cols):
+        rows.append({
+            **dict(zip(group_cols, key)), "n_trials": len(part),
+            "accuracy": metric_ci(part["accuracy"]),
+            "r_mean": correlation_ci(part["dist_mean"], part["accuracy"]),
+            "r_var": correlation_ci(part["dist_var"], part["accuracy"]),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def distance_thirds(values: pd.Series) -> tuple[pd.Series, tuple[float, float, float, float]]:
+    """Short / medium / long: three equal-width segments of the observed range of the values."""
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return pd.Series("medium", index=values.index), (lo, lo, hi, hi)
+    e1, e2 = lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3
+    bands = np.where(values < e1, "short", np.where(values < e2, "medium", "long"))
+    return pd.Series(bands, index=values.index), (lo, e1, e2, hi)
+
+
+def frobenius_by_third(frob: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, tuple[float, ...]]:
+    """Table 2: mean of each Frobenius quantity per distance third (CI over trials)."""
+    frob = frob.dropna(subset=["dist_mean"])
+    thirds, edges = distance_thirds(frob["dist_mean"])
+    frob = frob.assign(third=thirds)
+    rows = []
+    for name in keys:
+        row: dict[str, Any] = {"quantity": name}
+        for band in BANDS:
+            part = frob.loc[frob["third"] == band, name] if name in frob else pd.Series(dtype=float)
+            row[band] = metric_ci(part)
+            row[f"n_{band}"] = int(part.notna().sum())
+        rows.append(row)
+    return pd.DataFrame(rows), edges
+
+
+# ---------------------------------------------------------------- PCA of features
+
+
+def feature_pca(features: dict[str, dict[str, np.ndarray]], n_components: int = 15) -> tuple[pd.DataFrame, np.ndarray]:
+    """Figure 5: pooled PCA of the features of all given trials; one row per (trial, fact), and each
+    component's share of the variance.
+
+    Columns: run_id, fact_id, dist_old, band, pc1..pcR.
+    """
+    run_ids = sorted(features)
+    stacked = np.concatenate([features[r]["features"].astype(np.float64) for r in run_ids])
+    result = pca(stacked, n_components)
+    dist = np.concatenate([np.asarray(features[r]["dist_old"], dtype=float) for r in run_ids])
+    frame = pd.DataFrame(result.scores, columns=[f"pc{i + 1}" for i in range(result.scores.shape[1])])
+    frame.insert(0, "run_id", np.repeat(run_ids, [len(features[r]["dist_old"]) for r in run_ids]))
+    frame.insert(1, "fact_id", np.concatenate([np.asarray(features[r]["fact_ids"]).astype(str) for r in run_ids]))
+    frame.insert(2, "dist_old", dist)
+    frame.insert(3, "band", [distance_band(d) for d in dist])
+    return frame, result.explained_variance_ratio
+
+
+def pca_spread(points: pd.DataFrame) -> pd.DataFrame:
+    """Per band: total variance of the features in PC space and their mean distance from the centre.
+
+    Both are computed per trial (variance needs two facts of the band in the trial) and
+    averaged over trials with a bootstrap CI.
+    """
+    pcs = [c for c in points if c.startswith("pc")]
+    rows = []
+    for band in BANDS:
+        part = points[points["band"] == band]
+        spreads, norms = [], []
+        for _, trial in part.groupby("run_id"):
+            x = trial[pcs].to_numpy()
+            norms.append(float(np.linalg.norm(x, axis=1).mean()))
+            spreads.append(float(x.var(axis=0, ddof=1).sum()) if len(x) > 1 else math.nan)
+        rows.append({
+            "band": band, "n_points": len(part), "n_trials": part["run_id"].nunique(),
+            "spread": metric_ci(spreads), "norm": metric_ci(norms),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- paired comparisons
+
+
+def _by_pair_key(part: pd.DataFrame, metric: str) -> dict[tuple, float]:
+    keyed = part.assign(_key=[tuple(fmt_value(v) for v in key) for key in part[list(PAIR_KEY)].itertuples(index=False)])
+    return {key: float(value) for key, value in keyed.groupby("_key", sort=False)[metric].mean().items()}
+
+
+def paired_delta(base: pd.DataFrame, other: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """``other - base`` on one metric, paired by (sampling, seed); trials sharing a key are averaged first."""
+    return paired_difference(_by_pair_key(base, metric), _by_pair_key(other, metric))
+
+
+def gamma_effect(trials: pd.DataFrame, group_cols: Sequence[str], metrics: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tables 3–4: metrics per γ (CI over trials) and paired deltas of every γ > 0 against γ = 0.
+
+    Trials pair up within a group (dataset, model, method, k) by (sampling, seed), i.e. over the
+    same (sampling, seed, k, method) keys.
+    """
+    levels, deltas = [], []
+    for key, part in _group_keys(trials, group_cols):
+        base = part[part["gamma"] == 0]
+        for gamma, at in part.groupby("gamma"):
+            levels.append({**dict(zip(group_cols, key)), "gamma": gamma, "n_trials": len(at),
+                           **{m: metric_ci(at[m]) for m in metrics}})  # fmt: skip
+            if gamma == 0 or base.empty:
+                continue
+            row: dict[str, Any] = {**dict(zip(group_cols, key)), "gamma": gamma}
+            for m in metrics:
+                row[m] = paired_delta(base, at, m)
+            deltas.append(row)
+    return pd.DataFrame(levels), pd.DataFrame(deltas)
+
+
+def filter_effect(trials: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Figure 7: accuracy per (group, ρ) for filtered and random replacement, and their paired delta."""
+    rows = []
+    for key, part in _group_keys(trials, [*group_cols, "replace"]):
+        filt = part[part["filter_mode"] == "filter"]
+        rand = part[part["filter_mode"] == "random"]
+        rows.append({
+            **dict(zip([*group_cols, "replace"], key)),
+            "filter": metric_ci(filt["accuracy"]), "random": metric_ci(rand["accuracy"]),
+            "n_filter": len(filt), "n_random": len(rand),
+            "delta": paired_delta(rand, filt, "accuracy"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- headline and comparison
+
+
+def config_labels(trials: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """A readable configuration label per trial from the given columns."""
+    return trials.apply(lambda row: label(row, columns), axis=1) if len(trials) else pd.Series(dtype=str)
+
+
+def headline(trials: pd.DataFrame, columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per configuration: number of trials and each headline metric's mean with its CI."""
+    out: dict[str, dict[str, Any]] = {}
+    labels = config_labels(trials, columns)
+    for name, part in trials.groupby(labels, sort=True):
+        entry: dict[str, Any] = {"n_trials": len(part)}
+        for metric in HEADLINE_METRICS:
+            if metric in part and part[metric].notna().any():
+                entry[metric] = metric_ci(part[metric])
+        out[str(name)] = entry
+    return out
+
+
+def compare_configs(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Two experiments' configurations side by side: B − A per metric, paired where trials pair up."""
+    la, lb = config_labels(a, columns), config_labels(b, columns)
+    rows = []
+    for name in sorted(set(la) & set(lb)):
+        pa, pb = a[la == name], b[lb == name]
+        for metric in metrics:
+            if metric not in pa or metric not in pb:
+                continue
+            pair = paired_delta(pa, pb, metric)
+            if pair["n_pairs"] >= 2:
+                delta, how = Estimate(pair["delta"], pair["low"], pair["high"]), f"paired, {pair['n_pairs']} pairs"
+            else:
+                delta, how = difference_ci(pa[metric], pb[metric]), "unpaired"
+            rows.append({"config": name, "metric": metric, "a": metric_ci(pa[metric]), "b": metric_ci(pb[metric]),
+                         "n_a": len(pa), "n_b": len(pb), "delta": delta, "how": how})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def example_responses(records: pd.DataFrame, per_band: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Table 5: a few per-fact responses per distance band and model, drawn reproducibly."""
+    frame = records.assign(band=[distance_band(d) for d in records["dist_old"]])
+    frame = frame[frame["band"].isin(BANDS) & frame["y_new"].fillna("").str.strip().ne("")]
+    picks = []
+    for band in BANDS:
+        for _, part in frame[frame["band"] == band].groupby("model", sort=True):
+            unique = part.drop_duplicates("fact_id")
+            picks.append(unique.sample(n=min(per_band, len(unique)), random_state=seed).sort_values("dist_old"))
+    return pd.concat(picks, ignore_index=True) if picks else pd.DataFrame()

@@ -1,0 +1,61 @@
+"""Entry point shared by the study jobs in ``jobs/``: load a spec, run the study on Ray, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raysem.service.spec import SpecError, load_spec
+
+
+def job_main(description: str | None = None, argv: list[str] | None = None) -> int:
+    """``python jobs/<study>.py --spec jobs/<study>.yaml [--quick] [--resume] [--address A]``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--spec", required=True, help="study spec YAML")
+    parser.add_argument("--quick", action="store_true", help="apply the spec's quick overrides (minutes on 2 CPUs)")
+    parser.add_argument("--resume", action="store_true", help="resume an interrupted study with Tuner.restore")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec)")
+    parser.add_argument("--storage", default=None, help="Ray storage path (overrides the spec)")
+    parser.add_argument("--report-dir", default=None, help="where the report goes (default: <storage>/../reports/<name>)")
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args(argv)
+    overrides: dict = {}
+    if args.tracking_uri:
+        overrides["tracking"] = {"uri": args.tracking_uri}
+    if args.storage:
+        overrides["storage_path"] = args.storage
+    try:
+        spec = load_spec(args.spec, quick=args.quick, overrides=overrides)
+    except SpecError as exc:
+        print(f"raysem: spec error: {exc}", file=sys.stderr)
+        return 2
+
+    from raysem.service.study import ResourceError, run_study
+
+    try:
+        outcome = run_study(spec, address=args.address, resume=args.resume)
+    except ResourceError as exc:
+        print(f"raysem: {exc}", file=sys.stderr)
+        return 2
+    rate = outcome.trials / outcome.wall_s * 3600 if outcome.wall_s else 0.0
+    print(
+        f"raysem: study {outcome.name}: {outcome.trials} trials in {outcome.wall_s:.1f} s ({rate:,.0f} trials/hour); "
+        f"MLflow experiment {outcome.experiment!r} at {outcome.tracking_uri}"
+    )
+    if outcome.pending:
+        print(f"raysem: {outcome.pending} trial results wait in {outcome.storage / 'pending'}; run `raysem sync`")
+    if spec.report and not args.no_report and outcome.parent_run_id:
+        from raysem.report.build import build_report
+
+        out = Path(args.report_dir) if args.report_dir else outcome.storage.parent / "reports" / spec.name
+        summary = build_report(spec.experiment, tracking_uri=outcome.tracking_uri, out_dir=out)
+        print(f"raysem: report written to {out}\n{summary.describe()}")
+    return 0
+
+
+def run_as_script(module_name: str, description: str | None) -> None:
+    """Run ``job_main`` when a job file is executed as a script."""
+    if module_name == "__main__":
+        sys.exit(job_main(description))

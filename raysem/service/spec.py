@@ -1,0 +1,231 @@
+"""Study specs: a YAML file, validated on load, that says what a study runs, where, and where it logs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raysem.errors import SpecError
+from raysem.models.loader import DEFAULT_MODEL
+from raysem.training.config import METHODS, TrialConfig
+
+STUDY_KINDS = (
+    "distance_table", "accuracy_vs_distance", "single_fact_deviation", "multi_fact_analysis",
+    "filter_vs_random", "reweight", "quantities", "full_finetune", "sweep", "quick",
+)  # fmt: skip
+FILTER_FIELDS = ("filter_mode", "filter_lambda", "replace", "mean_min", "mean_max")
+SAMPLING_FIELDS = ("k",)
+
+
+class Dimension(BaseModel):
+    """One swept knob: a grid, a choice, or a distribution (for random / Optuna search)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Dimension":
+        kinds = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of grid/choice/uniform/loguniform/randint, got {kinds or 'none'}")
+        return self
+
+    def values(self) -> list[Any]:
+        """Every value a grid or choice can take (distributions give their bounds)."""
+        return list(self.grid or self.choice or self.uniform or self.loguniform or self.randint or [])
+
+
+class Sampling(BaseModel):
+    """How fact sets are drawn: ``k`` facts per trial, ``n_samplings`` draws, one seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(1, ge=1)
+    n_samplings: int = Field(10, ge=1)
+    per_k: dict[int, int] = Field(default_factory=dict, description="n_samplings for particular set sizes")
+    seed: int = 0
+
+    def n_for(self, k: int) -> int:
+        """How many samplings are drawn for sets of ``k`` facts."""
+        return self.per_k.get(k, self.n_samplings)
+
+
+class Filter(BaseModel):
+    """The semantic-distance data filter (Eq. 4) or its random-replacement baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter_mode: Literal["none", "filter", "random"] = "none"
+    filter_lambda: float = Field(0.0, ge=0)
+    replace: float = Field(0.0, ge=0, le=1)
+    mean_min: float | None = None
+    mean_max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Filter":
+        if self.mean_min is not None and self.mean_max is not None and self.mean_min >= self.mean_max:
+            raise ValueError(f"mean_min ({self.mean_min}) must be below mean_max ({self.mean_max})")
+        return self
+
+
+class Search(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="draws per grid point (random/optuna: trials)")
+    metric: str = "accuracy"
+    mode: Literal["max", "min"] = "max"
+
+
+class Resources(BaseModel):
+    """What one Tune trial asks for; ``custom`` holds resources such as ``A100``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(1.0, ge=0)
+    gpu: float = Field(0.0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict)
+    full_ft_worker: dict[str, float] = Field(
+        default_factory=dict, description="resources per DeepSpeed worker, e.g. {A100: 1, GPU: 1}"
+    )
+    expect_autoscaling: bool = Field(False, description="allow resources no current node has (an autoscaler adds them)")
+
+    def bundle(self) -> dict[str, float]:
+        out = {"CPU": self.cpu, **self.custom}
+        if self.gpu:
+            out["GPU"] = self.gpu
+        return out
+
+
+class Failure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_failures: int = Field(1, ge=-1, description="retries of a crashed Tune trial (-1: forever)")
+    fail_fast: bool = False
+
+
+class Tracking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None
+
+
+class StudySpec(BaseModel):
+    """A whole study: data, sampling, trial defaults, sweep, search, resources, tracking and storage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: Literal[STUDY_KINDS] = "quick"  # type: ignore[valid-type]
+    model: str = DEFAULT_MODEL
+    dataset: str = "worldfacts"
+    data_limit: int | None = Field(None, ge=1, description="use only the first N facts of the dataset")
+    sampling: Sampling = Sampling()
+    trial: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by all trials")
+    filter: Filter = Filter()
+    sweep: dict[str, Dimension] = Field(default_factory=dict)
+    search: Search = Search()
+    resources: Resources = Resources()
+    max_concurrent: int = Field(1, ge=1)
+    pack_size: int = Field(8, ge=1, description="single-fact LoRA trials trained together in one pack")
+    analyses: bool = False
+    failure: Failure = Failure()
+    tracking: Tracking = Tracking()
+    storage_path: str = "raysem-out/ray"
+    report: bool = True
+    quick: dict[str, Any] = Field(default_factory=dict, description="overrides applied with --quick")
+
+    @field_validator("sweep")
+    @classmethod
+    def _known_dimensions(cls, sweep: dict[str, Dimension]) -> dict[str, Dimension]:
+        known = set(TrialConfig.model_fields) | set(FILTER_FIELDS) | set(SAMPLING_FIELDS)
+        for name, dim in sweep.items():
+            if name not in known:
+                raise ValueError(f"unknown sweep dimension {name!r}; sweepable: {sorted(known)}")
+            for value in dim.values():
+                _check_value(name, value)
+        return sweep
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        try:
+            TrialConfig(**self.trial)
+        except ValidationError as exc:
+            raise ValueError(f"trial: {_first_error(exc)}") from None
+        if self.search.algorithm == "grid":
+            bad = [n for n, d in self.sweep.items() if d.grid is None and d.choice is None]
+            if bad:
+                raise ValueError(f"grid search needs grid/choice dimensions; {bad} are distributions")
+        if self.search.algorithm == "optuna" and any(d.grid is not None for d in self.sweep.values()):
+            raise ValueError("optuna search takes choice/uniform/loguniform/randint dimensions, not grid")
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def trial_config(self, **overrides: Any) -> TrialConfig:
+        """The TrialConfig for one point of the sweep."""
+        fields = {k: v for k, v in {**self.trial, **overrides}.items() if k in TrialConfig.model_fields}
+        return TrialConfig(**fields)
+
+    def ks(self) -> list[int]:
+        """Every set size the study uses."""
+        return [int(v) for v in self.sweep["k"].values()] if "k" in self.sweep else [self.sampling.k]
+
+
+def _check_value(name: str, value: Any) -> None:
+    if name in ("gamma", "filter_lambda") and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
+        raise ValueError(f"sweep.{name}: values must be finite numbers >= 0, got {value!r}")
+    if name == "replace" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise ValueError(f"sweep.replace: ρ must lie in [0, 1], got {value!r}")
+    if name == "method" and value not in METHODS:
+        raise ValueError(f"sweep.method: unknown method {value!r}; methods: {list(METHODS)}")
+    if name == "filter_mode" and value not in ("none", "filter", "random"):
+        raise ValueError(f"sweep.filter_mode: {value!r} is not one of none/filter/random")
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    value = err.get("input")
+    got = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{where}: {err['msg']}{got}" if where else f"{err['msg']}{got}"
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_spec(path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read and validate a study spec; ``quick`` applies the spec's own ``quick:`` overrides."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a mapping of fields, got {type(raw).__name__}")
+    if quick:
+        raw = _merge(raw, raw.get("quick") or {})
+    if overrides:
+        raw = _merge(raw, overrides)
+    try:
+        return StudySpec(**raw)
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {_first_error(exc)}") from None

@@ -1,0 +1,370 @@
+"""Studies on Ray Tune: expand a spec into work units, run them on resident models, log every trial to MLflow.
+
+A *trial* is one knowledge-learning run (one fact set, one configuration) and gets one MLflow
+child run. A *unit* is what one Tune trial executes: a block of samplings for one point of the
+sweep. Single-fact LoRA samplings are packed ``pack_size`` to a unit and trained together;
+other units hold one sampling. Tune reports once per unit, actors are reused so the base model
+stays resident in each worker, and trials whose MLflow run already exists are never redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray import tune
+
+from raysem.data.facts import Fact, FactSet
+from raysem.service import tracking
+from raysem.service.spec import FILTER_FIELDS, StudySpec
+from raysem.training.results import TrialResult
+
+# Tune's per-trial loggers and frequent experiment snapshots make the driver the bottleneck at thousands of trials.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "30")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+class ResourceError(RuntimeError):
+    """The Ray cluster cannot offer what a study's trials ask for."""
+
+
+def trial_key(point: dict[str, Any], sampling: int, k: int) -> str:
+    """A stable key for one logical trial: the sweep point, the set size and the sampling index."""
+    blob = json.dumps({"point": point, "sampling": sampling, "k": k}, sort_keys=True, default=str)
+    return "t-" + hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every point of a grid sweep (one empty point when nothing is swept)."""
+    names = sorted(spec.sweep)
+    values = [spec.sweep[n].values() for n in names]
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+def packs(spec: StudySpec, point: dict[str, Any]) -> bool:
+    """Whether samplings at this point train as packs of single-fact LoRA trials."""
+    k = int(point.get("k", spec.sampling.k))
+    method = point.get("method", spec.trial.get("method", "lora"))
+    return k == 1 and method == "lora" and spec.pack_size > 1
+
+
+def sampling_blocks(spec: StudySpec, point: dict[str, Any]) -> list[list[int]]:
+    """Samplings grouped into units: packs of ``pack_size`` for single-fact LoRA, one each otherwise."""
+    size = spec.pack_size if packs(spec, point) else 1
+    indices = list(range(spec.sampling.n_for(int(point.get("k", spec.sampling.k)))))
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def expand_units(spec: StudySpec) -> list[dict[str, Any]]:
+    """Grid search: the explicit list of units (point × sampling block)."""
+    return [{"point": p, "samplings": block} for p in grid_points(spec) for block in sampling_blocks(spec, p)]
+
+
+def count_trials(spec: StudySpec) -> int:
+    """How many logical trials (MLflow child runs) the study will produce."""
+    if spec.search.algorithm == "grid":
+        per_point = [spec.sampling.n_for(int(p.get("k", spec.sampling.k))) for p in grid_points(spec)]
+        return sum(per_point) * spec.search.num_samples
+    return spec.search.num_samples * spec.sampling.n_for(spec.sampling.k)
+
+
+def trial_params(spec: StudySpec, point: dict[str, Any], sampling: int, k: int, cfg_dump: dict[str, Any]) -> dict[str, Any]:
+    """The MLflow params of one trial child run."""
+    filt = {**spec.filter.model_dump(), **{f: point[f] for f in FILTER_FIELDS if f in point}}
+    group = ",".join(f"{n}={point[n]}" for n in sorted(point)) or "base"
+    return {
+        **{k2: v for k2, v in cfg_dump.items() if k2 not in ("target_modules",)},
+        "target_modules": ",".join(cfg_dump.get("target_modules", ())),
+        **filt,
+        "k": k,
+        "sampling": sampling,
+        "dataset": spec.dataset,
+        "model": spec.model,
+        "study_kind": spec.kind,
+        "group": group,
+    }
+
+
+@dataclass
+class StudyContext:
+    """What every unit needs from the driver: the spec, the distance table, and the study's trial logger."""
+
+    spec_json: str
+    table: pd.DataFrame
+    facts: list[dict[str, Any]]
+    logger: Any
+    """Handle of the ``tracking.TrialLogger`` actor on the driver's node."""
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _resident(model: str):
+    """The worker's resident base model (loaded once per worker process)."""
+    from raysem.training.trial import ResidentModel
+
+    if _WORKER.get("model_name") != model:
+        _WORKER["resident"] = ResidentModel(model)
+        _WORKER["model_name"] = model
+    return _WORKER["resident"]
+
+
+def _failed_result(key: str, cfg_dump: dict[str, Any], train: list[Fact], test: list[Fact], error: str) -> TrialResult:
+    return TrialResult(key, cfg_dump, [f.id for f in train], [f.id for f in test], [], {"failed": 1.0}, [], {"error": error})
+
+
+def _training_set(spec: StudySpec, point: dict[str, Any], test: list[Fact], facts: list[Fact], table: pd.DataFrame, seed: int) -> list[Fact]:
+    """The training facts: the sampled set itself, or the set after the data filter / random replacement."""
+    from raysem.semantics.filter import greedy_filter, random_filter
+
+    filt = {**spec.filter.model_dump(), **{f: point[f] for f in FILTER_FIELDS if f in point}}
+    if filt["filter_mode"] == "none" or not filt["replace"]:
+        return test
+    dist = dict(zip(table["fact_id"], table["dist_old"]))
+    chosen = {f.id for f in test}
+    pool = [f.id for f in facts if f.id not in chosen and f.id in dist]
+    args = ([f.id for f in test], [dist[f.id] for f in test], pool, [dist[i] for i in pool])
+    if filt["filter_mode"] == "filter":
+        result = greedy_filter(*args, replace=filt["replace"], lam=filt["filter_lambda"], mean_min=filt["mean_min"], mean_max=filt["mean_max"])
+    else:
+        result = random_filter(*args, replace=filt["replace"], seed=seed)
+    by_id = {f.id: f for f in facts}
+    return [by_id[i] for i in result.train_ids]
+
+
+def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
+    """Run one unit inside a Tune trial: its trials, logged one MLflow child run each; returns the unit summary."""
+    from raysem.data.sampling import sample_fact_sets
+    from raysem.semantics.tables import base_lookup
+    from raysem.training.full_finetune import run_full_finetune
+    from raysem.training.packed import run_packed_trials
+    from raysem.training.trial import run_trial
+
+    spec = StudySpec.model_validate_json(context.spec_json)
+    unit = config.get("unit", config)
+    point, samplings = dict(unit["point"]), list(unit["samplings"])
+    k = int(point.get("k", spec.sampling.k))
+    facts = [Fact.from_dict(f) for f in context.facts]
+    base = base_lookup(context.table)
+    sets = sample_fact_sets(facts, k, spec.sampling.n_for(k), spec.sampling.seed)
+    import ray
+
+    keys = {s: trial_key(point, s, k) for s in samplings}
+    done = set(ray.get(context.logger.done_among.remote(list(keys.values()))))
+    base_seed = int(spec.trial.get("seed", 0))
+    todo = []
+    for s in samplings:
+        key = keys[s]
+        if key in done:
+            continue
+        cfg = spec.trial_config(**{n: v for n, v in point.items() if n not in FILTER_FIELDS and n != "k"}, seed=base_seed + s)
+        todo.append((key, s, cfg, sets[s]))
+
+    results: list[tuple[str, int, Any, TrialResult, str | None]] = []
+    if todo and packs(spec, point):
+        resident = _resident(spec.model)
+        packed = run_packed_trials(resident.lm, [t[3][0] for t in todo], [t[2] for t in todo], base, resident.embedder, trial_ids=[t[0] for t in todo])
+        for (key, s, cfg, _), result in zip(todo, packed):
+            results.append((key, s, cfg, result, result.analysis.get("error")))
+    else:
+        for key, s, cfg, test in todo:
+            try:
+                train = _training_set(spec, point, test, facts, context.table, base_seed + s)
+                if cfg.method == "full":
+                    result = run_full_finetune(
+                        spec.model, train, test, base, cfg,
+                        use_gpu=spec.resources.gpu > 0 or "GPU" in spec.resources.full_ft_worker,
+                        resources_per_worker=spec.resources.full_ft_worker or None,
+                        storage_path=str(Path(spec.storage_path).resolve()), trial_id=key,
+                        wait_for_resources=spec.resources.expect_autoscaling,
+                    )  # fmt: skip
+                else:
+                    result = run_trial(_resident(spec.model), train, test, base, cfg, trial_id=key, analyses=spec.analyses)
+                results.append((key, s, cfg, result, None))
+            except (RuntimeError, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                results.append((key, s, cfg, _failed_result(key, cfg.model_dump(), test, test, error), error))
+                traceback.print_exc()
+
+    accuracies = []
+    for key, s, cfg, result, error in results:
+        result.aggregates.setdefault("failed", 1.0 if error else 0.0)
+        params = trial_params(spec, point, s, k, cfg.model_dump())
+        ray.get(context.logger.record.remote(key, params, result, error))
+        if not error:
+            accuracies.append(result.aggregates["accuracy"])
+    return {
+        "accuracy": sum(accuracies) / len(accuracies) if accuracies else float("nan"),
+        "trials_run": float(len(results)),
+        "trials_skipped": float(len(samplings) - len(todo)),
+        "trials_failed": float(sum(1 for r in results if r[4])),
+    }
+
+
+def _tune_trainable(config: dict[str, Any], context: StudyContext) -> None:
+    tune.report(run_unit(config, context))
+
+
+def check_resources(spec: StudySpec) -> None:
+    """Fail before any trial starts if no node can ever offer what a trial (or a DeepSpeed worker) asks for."""
+    import ray
+
+    if spec.resources.expect_autoscaling:
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    wanted = {"trial": spec.resources.bundle()}
+    if spec.resources.full_ft_worker:
+        wanted["DeepSpeed worker"] = spec.resources.full_ft_worker
+    for what, bundle in wanted.items():
+        if not any(all(node.get(r, 0) >= amount for r, amount in bundle.items()) for node in nodes):
+            offered = [{r: v for r, v in node.items() if not r.startswith("node:") and "memory" not in r} for node in nodes]
+            raise ResourceError(
+                f"no node of the Ray cluster can offer a {what}'s resources {bundle}; nodes offer {offered}. "
+                "Change `resources` in the spec, or set resources.expect_autoscaling if an autoscaler adds such nodes."
+            )
+
+
+def study_facts(spec: StudySpec) -> tuple[FactSet, list[Fact]]:
+    """The dataset and the facts that need base-model rows: all of them when filtering, else those sampled."""
+    from raysem.data.datasets import load_facts
+    from raysem.data.sampling import sample_fact_sets
+
+    factset = load_facts(spec.dataset, limit=spec.data_limit)
+    modes = {spec.filter.filter_mode, *(spec.sweep["filter_mode"].values() if "filter_mode" in spec.sweep else [])}
+    if modes != {"none"}:
+        return factset, factset.facts
+    used: dict[str, Fact] = {}
+    for k in spec.ks():
+        for fact_set in sample_fact_sets(factset.facts, k, spec.sampling.n_for(k), spec.sampling.seed):
+            used.update((f.id, f) for f in fact_set)
+    return factset, list(used.values())
+
+
+class Progress(tune.Callback):
+    """Prints trials done / total, rate and ETA as units finish (one line per unit, driver-side and cheap)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.done += int(result.get("trials_run", 0) + result.get("trials_skipped", 0))
+        failed = int(result.get("trials_failed", 0))
+        elapsed = time.time() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = f"{(self.total - self.done) / rate:,.0f}s" if rate > 0 else "?"
+        note = f", {failed} failed in this unit" if failed else ""
+        print(f"[raysem] trials {self.done}/{self.total}  {rate * 3600:,.0f}/h  ETA {eta}{note}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class StudyOutcome:
+    name: str
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str | None
+    trials: int
+    wall_s: float
+    pending: int
+    storage: Path
+
+
+def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
+    """Tune's param space, search algorithm and num_samples for the spec's search."""
+    if spec.search.algorithm == "grid":
+        return {"unit": tune.grid_search(expand_units(spec))}, None, spec.search.num_samples
+    dims = {}
+    for name, dim in spec.sweep.items():
+        if dim.choice is not None:
+            dims[name] = tune.choice(dim.choice)
+        elif dim.uniform is not None:
+            dims[name] = tune.uniform(*dim.uniform)
+        elif dim.loguniform is not None:
+            dims[name] = tune.loguniform(*dim.loguniform)
+        elif dim.randint is not None:
+            dims[name] = tune.randint(*dim.randint)
+    everything = list(range(spec.sampling.n_for(spec.sampling.k)))
+    if spec.search.algorithm == "random":
+        return {"point": dims, "samplings": everything}, None, spec.search.num_samples
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(metric=spec.search.metric, mode=spec.search.mode, seed=spec.sampling.seed)
+    return {"point": dims, "samplings": everything}, searcher, spec.search.num_samples
+
+
+def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = False) -> StudyOutcome:
+    """Run (or resume) a study on the Ray cluster at ``address`` (local Ray when none), logging to MLflow."""
+    import ray
+
+    from raysem.semantics.tables import distance_table
+
+    started = time.time()
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True)
+    check_resources(spec)
+    uri = tracking.absolute_uri(spec.tracking.uri)
+    storage = Path(spec.storage_path).resolve()
+    study_dir = storage / spec.name
+    pending = storage / "pending" / spec.name
+    factset, needed = study_facts(spec)
+    table, _ = distance_table(spec.model, FactSet(factset.name, factset.format, needed, factset.sha256))
+    tags = tracking.study_tags(spec.kind, spec.model, factset.sha256, tracking.git_commit(Path(__file__).parent))
+
+    parent_file = study_dir / "parent_run_id"
+    parent_id: str | None = None
+    try:
+        tracking.check_reachable(uri)
+        if resume and parent_file.exists():
+            parent_id = parent_file.read_text().strip()
+        else:
+            parent_id = tracking.start_study(uri, spec.experiment, spec.name, tags, {"spec": spec.model_dump_json()})
+            study_dir.mkdir(parents=True, exist_ok=True)
+            parent_file.write_text(parent_id)
+    except tracking.TrackingUnavailable as exc:
+        print(f"raysem: {exc}. Trial results are kept in {pending}; run `raysem sync` once the server is back.")
+
+    logger = tracking.start_logger(uri, spec.experiment, parent_id, pending, tags)
+    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger)
+    trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources=spec.resources.bundle())
+    total = count_trials(spec)
+    progress = Progress(total)
+    if resume and tune.Tuner.can_restore(str(study_dir)):
+        tuner = tune.Tuner.restore(str(study_dir), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        param_space, searcher, num_samples = _param_space(spec)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples,
+                max_concurrent_trials=spec.max_concurrent,
+                reuse_actors=True,
+                search_alg=searcher,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=str(storage),
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures, fail_fast=spec.failure.fail_fast),
+                callbacks=[progress],
+                verbose=0,
+            ),
+        )
+    # Results live in MLflow and the pending store; with the per-trial loggers off, the ResultGrid
+    # that fit() builds finds no result.json and would warn once per trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    tuner.fit()
+    if parent_id:
+        tracking.finish_study(uri, parent_id)
+    left = ray.get(logger.pending_count.remote())
+    ray.kill(logger)
+    return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage)

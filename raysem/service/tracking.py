@@ -1,0 +1,299 @@
+"""MLflow tracking: a parent run per study, a child run per trial, and a local pending store.
+
+Every trial result is first written to a pending folder on local storage, then logged to
+MLflow; the folder is removed only once MLflow has the run. When the tracking server is
+unreachable the folders stay, and ``raysem sync`` logs them later: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+import raysem
+from raysem.training.results import TrialResult
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+ROLE, KIND, KEY = "raysem.role", "raysem.study_kind", "raysem.trial_key"
+PARENT = "mlflow.parentRunId"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server could not be reached."""
+
+
+def absolute_uri(uri: str, base: Path | None = None) -> str:
+    """Make a relative ``sqlite:///file.db`` absolute (workers do not share the driver's working folder)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(((base or Path.cwd()) / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ``TrackingUnavailable`` with a clear message if the tracking URI cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {response.status}")
+        except OSError as exc:
+            raise TrackingUnavailable(f"tracking server {uri} is unreachable: {exc}") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingUnavailable(f"tracking store {uri}: folder {folder} does not exist or is not writable")
+
+
+def git_commit(folder: Path | None = None) -> str:
+    """The current git commit of the working copy, or 'unknown' outside a repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def start_study(uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Create the study's parent run and return its id (raises if MLflow is unreachable)."""
+    client = _client(uri)
+    run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags={ROLE: "study", **tags})
+    client.log_batch(run.info.run_id, params=_params(params))
+    return run.info.run_id
+
+
+def finish_study(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+def finished_trial_keys(uri: str, experiment: str) -> set[str]:
+    """Trial keys that already have a FINISHED or FAILED child run in the experiment (not to be redone)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return set()
+    keys: set[str] = set()
+    token = None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status != 'RUNNING'",
+            max_results=5000,
+            page_token=token,
+        )
+        keys.update(run.data.tags[KEY] for run in page if KEY in run.data.tags)
+        token = page.token
+        if not token:
+            return keys
+
+
+def _params(params: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, "" if v is None else str(v)[:6000]) for k, v in sorted(params.items())]
+
+
+def _metrics(values: dict[str, float], loss_curve: list[float]) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    out = [Metric(k, float(v), now, 0) for k, v in sorted(values.items()) if v is not None and math.isfinite(float(v))]
+    out += [Metric("train_loss", float(v), now, step) for step, v in enumerate(loss_curve) if math.isfinite(float(v))]
+    return out
+
+
+@dataclass(frozen=True)
+class PendingTrial:
+    """One trial's complete result, as it is kept on local disk before (and until) MLflow has it."""
+
+    trial_key: str
+    experiment: str
+    parent_run_id: str | None
+    params: dict[str, Any]
+    tags: dict[str, str]
+    result: TrialResult
+    error: str | None = None
+
+    def write(self, pending_dir: Path) -> Path:
+        """Write it (atomically) under ``pending_dir/<trial_key>``; returns that folder."""
+        trial_key, result = self.trial_key, self.result
+        pending_dir.mkdir(parents=True, exist_ok=True)
+        target = pending_dir / trial_key
+        tmp = Path(tempfile.mkdtemp(dir=pending_dir, prefix=f".{trial_key}-"))
+        meta = {
+            "trial_key": trial_key,
+            "experiment": self.experiment,
+            "parent_run_id": self.parent_run_id,
+            "params": self.params,
+            "tags": self.tags,
+            "metrics": result.aggregates,
+            "loss_curve": result.loss_curve,
+            "error": self.error,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, default=str))
+        pd.DataFrame(result.records).to_parquet(tmp / "facts.parquet", index=False)
+        frob = result.analysis.get("frobenius")
+        if frob:
+            (tmp / "frobenius.json").write_text(json.dumps(frob))
+        features = result.analysis.get("features")
+        if features is not None and len(features):
+            dist = [r["dist_old"] for r in result.records]
+            np.savez(tmp / "features.npz", features=np.asarray(features, dtype=np.float32), dist_old=np.asarray(dist), fact_ids=np.asarray([r["fact_id"] for r in result.records]))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return target
+
+
+def log_pending(uri: str, folder: Path, parent_run_id: str | None = None) -> str:
+    """Log one pending trial folder as an MLflow child run, then remove the folder; returns the run id."""
+    meta = json.loads((folder / "meta.json").read_text())
+    client = _client(uri)
+    parent = parent_run_id or meta.get("parent_run_id")
+    tags = {ROLE: "trial", KEY: meta["trial_key"], **meta["tags"]}
+    if parent:
+        tags[PARENT] = parent
+    if meta.get("error"):
+        tags["raysem.error"] = meta["error"][:5000]
+    run = client.create_run(_experiment_id(client, meta["experiment"]), run_name=meta["trial_key"], tags=tags)
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, metrics=_metrics(meta["metrics"], meta["loss_curve"]), params=_params(meta["params"]))
+        client.log_artifact(run_id, str(folder / "facts.parquet"), "records")
+        for name in ("frobenius.json", "features.npz"):
+            if (folder / name).exists():
+                client.log_artifact(run_id, str(folder / name), "analysis")
+    except Exception:
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    client.set_terminated(run_id, status="FAILED" if meta.get("error") else "FINISHED")
+    shutil.rmtree(folder)
+    return run_id
+
+
+def record_trial(uri: str, folder: Path) -> str | None:
+    """Log a trial kept by ``PendingTrial.write`` in ``folder``; on failure it stays there for ``raysem sync``."""
+    trial_key = folder.name
+    try:
+        check_reachable(uri)
+    except TrackingUnavailable as exc:
+        print(f"raysem: {exc}; trial {trial_key} kept in {folder}, run `raysem sync` later")
+        return None
+    for attempt in range(3):
+        try:
+            return log_pending(uri, folder)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure keeps the local copy
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    print(f"raysem: could not log trial {trial_key} to {uri} ({last}); kept in {folder}, run `raysem sync` later")
+    return None
+
+
+def sync_pending(uri: str, pending_dir: Path) -> tuple[int, list[str]]:
+    """Log every pending trial under ``pending_dir``; returns (logged count, errors)."""
+    check_reachable(uri)
+    logged, errors = 0, []
+    for folder in sorted(p for p in pending_dir.glob("*") if p.is_dir() and not p.name.startswith(".")):
+        try:
+            log_pending(uri, folder)
+            logged += 1
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{folder.name}: {exc}")
+    return logged, errors
+
+
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+"""Seconds between attempts at a tracking read that must not be guessed (about 15 s in all)."""
+
+
+def _with_retries(read: Callable[[], Any], what: str) -> Any:
+    """``read()``, retried after each of ``RETRY_DELAYS``; then ``TrackingUnavailable`` naming ``what``."""
+    for delay in RETRY_DELAYS:
+        try:
+            return read()
+        except Exception:  # noqa: BLE001 - any store error is retried
+            time.sleep(delay)
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingUnavailable(f"{what} failed {len(RETRY_DELAYS) + 1} times: {exc}") from exc
+
+
+def study_tags(kind: str, model: str, dataset_sha256: str, commit: str) -> dict[str, str]:
+    return {
+        KIND: kind,
+        "raysem.version": raysem.__version__,
+        "raysem.git_commit": commit,
+        "raysem.model": model,
+        "raysem.dataset_sha256": dataset_sha256,
+    }
+
+
+class TrialLogger:
+    """Logs trials for a study from the driver's node (a Ray actor pinned there).
+
+    Trials on any node hand their results to this actor, so the tracking server may stay bound
+    to 127.0.0.1 on the head and the pending store lives on the head's disk; one actor also
+    serialises writes to a SQLite store.
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str | None, pending_dir: str, tags: dict[str, str]):
+        self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
+        self.pending, self.tags = Path(pending_dir), tags
+        self._done: set[str] | None = None
+
+    def done_among(self, keys: list[str]) -> list[str]:
+        """Those of ``keys`` already logged. The experiment's keys are read from MLflow once (with
+        retries; a store that stays unreachable is an error, never "nothing done"), then kept as
+        this logger records trials, so each call costs O(len(keys))."""
+        if self._done is None:
+            self._done = _with_retries(lambda: finished_trial_keys(self.uri, self.experiment), f"reading finished trials from {self.uri}")
+        return [k for k in keys if k in self._done]
+
+    def record(self, trial_key: str, params: dict[str, Any], result: TrialResult, error: str | None = None) -> str | None:
+        """Keep the trial's result on this node's disk first, then log it (None: kept for ``raysem sync``)."""
+        folder = PendingTrial(trial_key, self.experiment, self.parent, params, self.tags, result, error).write(self.pending)
+        run_id = record_trial(self.uri, folder)
+        if run_id is not None and self._done is not None:
+            self._done.add(trial_key)
+        return run_id
+
+    def pending_count(self) -> int:
+        return sum(1 for p in self.pending.glob("*") if p.is_dir() and not p.name.startswith(".")) if self.pending.exists() else 0
+
+
+def start_logger(uri: str, experiment: str, parent_run_id: str | None, pending_dir: Path, tags: dict[str, str]):
+    """Start the study's ``TrialLogger`` actor on this (the driver's) node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)(TrialLogger)
+    return actor.options(scheduling_strategy=here).remote(uri, experiment, parent_run_id, str(pending_dir), tags)

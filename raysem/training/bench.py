@@ -1,0 +1,357 @@
+"""Throughput of single-fact LoRA trials: a process per trial, a resident model, and packed trials.
+
+All variants run the same trials (trial i learns ZsRE fact i with seed i and the same steps) in
+one run on one machine, next to the machine's dense matmul throughput (2048³; fp32 on CPU,
+bf16 on CUDA), so their trials/hour and the share of that peak they reach compare directly.
+
+- **naive**: a fresh Python process per trial (``python -m raysem.training.bench naive ...``) that loads the
+  model, computes the fact's base-model answers and runs the trial (:func:`raysem.training.trial.run_trial`:
+  PEFT LoRA, train, evaluate), as a one-trial-per-script experiment would.
+- **resident**: the model is loaded once; base answers for all facts are computed in one batched
+  pass; :func:`raysem.training.trial.run_trial` then runs the PEFT trials one after another.
+- **packed**: as resident, but K trials at a time through :func:`raysem.training.packed.run_packed_trials`.
+
+Useful FLOPs of a trial (``trial_flops``) are counted analytically from the model's shapes; padding
+and recomputation are not counted. With N = Σ in·out over the decoder's linear layers, R = Σ
+r·(in+out) over the LoRA target modules, L layers, d_q the attention width (heads × head dim),
+d the hidden size and V the vocabulary, a forward pass over n new tokens after p cached ones costs
+``2·N·n + 2·R·n + 4·L·d_q·Σ_{i=1..n}(p+i)`` (the last term: causal QKᵀ and AV), plus ``2·d·V`` per
+position whose logits are computed. A training step over the fact's T prompt+target tokens with t
+target tokens costs that forward (logits at the t target positions only) plus a backward of
+``2·N·T`` (input gradients only: the base is frozen), ``4·R·T`` (LoRA input and weight gradients),
+twice the attention term, and ``2·d·V·t``. Evaluation and base answers count every greedy
+generation (prefill with logits at the last position, then one cached step per further token, to
+the full token budget) and the teacher-forced token-accuracy forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from raysem.data.datasets import load_facts
+from raysem.data.facts import Fact
+from raysem.models.generate import target_token_count
+from raysem.models.loader import DEFAULT_MODEL, LoadedModel, load_model
+from raysem.training.config import TrialConfig
+from raysem.training.packed import DEFAULT_PACK_SIZE, is_target_module, run_packed_trials
+from raysem.training.trial import ResidentModel, run_trial
+
+PACK_SIZES = (8, 16, 32, 64)
+QUICK_PACK_SIZES = (8, 16)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one benchmark run measures."""
+
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    threads: int | None = None
+    """CPU threads for every variant (naive processes included); None keeps torch's default."""
+    steps: int = TrialConfig().steps
+    naive_trials: int = 4
+    resident_trials: int = 8
+    pack_sizes: tuple[int, ...] = PACK_SIZES
+    matmul_size: int = 2048
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "BenchSettings":
+        """Fewer trials and steps, K in {8, 16}."""
+        values = dict(steps=5, naive_trials=2, resident_trials=4, pack_sizes=QUICK_PACK_SIZES)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def bench_facts(n: int) -> list[Fact]:
+    """The first ``n`` ZsRE facts (MEND eval split)."""
+    facts = load_facts("zsre", limit=n).facts
+    if len(facts) < n:
+        raise ValueError(f"the benchmark needs {n} facts but ZsRE gave {len(facts)}")
+    return facts
+
+
+def bench_config(steps: int, seed: int) -> TrialConfig:
+    """Trial i of every variant: the default LoRA config with ``steps`` steps and seed i."""
+    return TrialConfig(steps=steps, seed=seed)
+
+
+# --------------------------------------------------------------------------- naive trial process
+
+
+def naive_main(argv: Sequence[str]) -> None:
+    """One trial in a fresh process: load the model, its base answers, the trial; print the trial as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m raysem.training.bench naive")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fact", required=True, help="the fact as JSON (Fact.to_dict)")
+    parser.add_argument("--config", required=True, help="the trial config as JSON")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    resident = ResidentModel(args.model, dtype=_dtype(args.device), device=args.device)
+    fact = Fact.from_dict(json.loads(args.fact))
+    cfg = TrialConfig.model_validate_json(args.config)
+    result = run_trial(resident, [fact], [fact], resident.base_records([fact]), cfg)
+    print(json.dumps({"fact_id": fact.id, "y_new": result.records[0]["y_new"], "aggregates": result.aggregates}))
+
+
+# --------------------------------------------------------------------------- FLOP accounting
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers the analytic FLOP count needs."""
+
+    linear: int
+    lora: int
+    layers: int
+    attn_width: int
+    hidden: int
+    vocab: int
+
+    @classmethod
+    def of(cls, lm: LoadedModel, cfg: TrialConfig) -> "ModelShape":
+        decoder = lm.model.get_decoder()
+        linears = [(n, m) for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
+        config = lm.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(
+            linear=sum(m.in_features * m.out_features for _, m in linears),
+            lora=sum(cfg.rank * (m.in_features + m.out_features) for n, m in linears if is_target_module(n, cfg.target_modules)),
+            layers=config.num_hidden_layers,
+            attn_width=config.num_attention_heads * head_dim,
+            hidden=config.hidden_size,
+            vocab=lm.model.get_output_embeddings().out_features,
+        )
+
+    def forward(self, new: int, past: int = 0, logits: int = 0, lora: bool = True) -> float:
+        attention = 4 * self.layers * self.attn_width * (new * past + new * (new + 1) / 2)
+        return 2 * (self.linear + (self.lora if lora else 0)) * new + attention + 2 * self.hidden * self.vocab * logits
+
+    def train_step(self, tokens: int, targets: int) -> float:
+        attention = 4 * self.layers * self.attn_width * tokens * (tokens + 1) / 2
+        backward = 2 * self.linear * tokens + 4 * self.lora * tokens + 2 * attention + 2 * self.hidden * self.vocab * targets
+        return self.forward(tokens, logits=targets) + backward
+
+    def generate(self, prompt: int, budget: int, lora: bool = True) -> float:
+        steps = sum(self.forward(1, past=prompt + j, logits=1, lora=lora) for j in range(max(1, budget) - 1))
+        return self.forward(prompt, logits=1, lora=lora) + steps
+
+
+def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig) -> float:
+    """Useful FLOPs of one single-fact trial: base answers, ``cfg.steps`` training steps, evaluation."""
+    shape = ModelShape.of(lm, cfg)
+
+    def n_prompt(question: str) -> int:
+        return len(lm.tokenizer(lm.format_prompt(question), add_special_tokens=False).input_ids)
+
+    target = target_token_count(lm, fact.target)
+    tokens = n_prompt(fact.prompt) + target
+    probes = [(p.prompt, target_token_count(lm, p.answer) or 1) for p in (*fact.locality, *fact.portability)]
+    base = shape.generate(n_prompt(fact.prompt), target, lora=False)
+    base += sum(shape.generate(n_prompt(q), b, lora=False) for q, b in probes[: len(fact.locality)])
+    train = cfg.steps * shape.train_step(tokens, target)
+    evaluation = shape.generate(n_prompt(fact.prompt), target) + shape.forward(tokens, logits=target)
+    evaluation += sum(shape.generate(n_prompt(q), target) for q in fact.rephrasings)
+    evaluation += sum(shape.generate(n_prompt(q), b) for q, b in probes)
+    return base + train + evaluation
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _dtype(device: str | None) -> torch.dtype:
+    return torch.bfloat16 if device and device.startswith("cuda") else torch.float32
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Wall time and CPU time (this process and its finished children, all threads) of a block."""
+
+    wall_s = 0.0
+    cpu_s = 0.0
+
+    @staticmethod
+    def _cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    def __enter__(self) -> "Clock":
+        self._wall, self._cpu0 = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s, self.cpu_s = time.perf_counter() - self._wall, self._cpu() - self._cpu0
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    """Dense matmul throughput: best wall-clock run, and FLOPs per CPU-second over all runs (CPU only)."""
+
+    gflops: float
+    cpu_gflops: float | None
+
+
+def matmul_peak(device: str | None = None, size: int = 2048, repeats: int = 10) -> MatmulPeak:
+    """``size``³ matmuls, fp32 on CPU and bf16 on CUDA."""
+    dev = torch.device(device or "cpu")
+    a = torch.randn(size, size, device=dev, dtype=_dtype(device))
+    b = torch.randn(size, size, device=dev, dtype=_dtype(device))
+    a @ b
+    _sync(dev)
+    best = math.inf
+    with Clock() as clock:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            _sync(dev)
+            best = min(best, time.perf_counter() - start)
+    flops = 2 * size**3
+    return MatmulPeak(flops / best / 1e9, flops * repeats / clock.cpu_s / 1e9 if dev.type == "cpu" else None)
+
+
+@dataclass
+class VariantRun:
+    """Wall and CPU time of one variant over its trials, their useful FLOPs, and what the trials answered."""
+
+    name: str
+    trials: int
+    wall_s: float
+    cpu_s: float
+    flops: float
+    y_new: dict[int, str]
+
+    @property
+    def trials_per_hour(self) -> float:
+        return 3600 * self.trials / self.wall_s
+
+    def share(self, peak: MatmulPeak) -> float:
+        """Achieved FLOP/s over the wall-clock matmul peak."""
+        return self.flops / self.wall_s / 1e9 / peak.gflops
+
+    def cpu_share(self, peak: MatmulPeak) -> float | None:
+        """FLOPs per CPU-second over the matmul's: the same ratio, blind to time lost to other processes."""
+        return self.flops / self.cpu_s / 1e9 / peak.cpu_gflops if peak.cpu_gflops else None
+
+
+def run_naive(settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float]) -> VariantRun:
+    n = settings.naive_trials
+    y_new = {}
+    with Clock() as clock:
+        for i, fact in enumerate(facts[:n]):
+            command = [sys.executable, "-m", "raysem.training.bench", "naive", "--model", settings.model]
+            command += ["--fact", json.dumps(fact.to_dict()), "--config", bench_config(settings.steps, i).model_dump_json()]
+            if settings.device:
+                command += ["--device", settings.device]
+            if settings.threads:
+                command += ["--threads", str(settings.threads)]
+            proc = subprocess.run(command, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                raise RuntimeError(f"naive trial on {fact.id} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+            y_new[i] = json.loads(proc.stdout.strip().splitlines()[-1])["y_new"]
+    return VariantRun("naive (process per trial)", n, clock.wall_s, clock.cpu_s, sum(flops[:n]), y_new)
+
+
+def run_resident(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float]) -> VariantRun:
+    n = settings.resident_trials
+    with Clock() as clock:
+        resident = ResidentModel(lm)
+        base = resident.base_records(facts[:n])
+        y_new = {}
+        for i, fact in enumerate(facts[:n]):
+            y_new[i] = run_trial(resident, [fact], [fact], base, bench_config(settings.steps, i)).records[0]["y_new"]
+    return VariantRun("resident, unpacked", n, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:n]), y_new)
+
+
+def run_packed(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float], k: int) -> VariantRun:
+    with Clock() as clock:
+        resident = ResidentModel(lm)
+        cfgs = [bench_config(settings.steps, i) for i in range(k)]
+        results = run_packed_trials(lm, facts[:k], cfgs, resident.base_records(facts[:k]), resident.embedder)
+    y_new = {i: r.records[0]["y_new"] for i, r in enumerate(results) if r.records}
+    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new)
+
+
+def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure every variant in this process (naive ones in subprocesses); the JSON-ready summary."""
+    threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _summary(settings, *_measure(settings, progress or (lambda message: None)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(settings: BenchSettings, say: Callable[[str], None]) -> tuple[str, MatmulPeak, Clock, list[float], list[VariantRun]]:
+    n = max(settings.naive_trials, settings.resident_trials, *settings.pack_sizes)
+    facts = bench_facts(n)
+    say(f"matmul {settings.matmul_size}³ ...")
+    peak = matmul_peak(settings.device, settings.matmul_size)
+    with Clock() as load:
+        lm = load_model(settings.model, dtype=_dtype(settings.device), device=settings.device)
+    flops = [trial_flops(lm, f, bench_config(settings.steps, i)) for i, f in enumerate(facts)]
+    say(f"naive: {settings.naive_trials} trials ...")
+    runs = [run_naive(settings, facts, flops)]
+    say(f"resident: {settings.resident_trials} trials ...")
+    runs.append(run_resident(lm, load, settings, facts, flops))
+    for k in settings.pack_sizes:
+        say(f"packed: K={k} ...")
+        runs.append(run_packed(lm, load, settings, facts, flops, k))
+    return str(lm.device), peak, load, flops, runs
+
+
+def _summary(settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock, flops: list[float], runs: list[VariantRun]) -> dict[str, Any]:
+    naive, resident, packed = runs[0], runs[1], runs[2:]
+    best = max(packed, key=lambda r: r.trials_per_hour)
+    unpacked_answers = {**naive.y_new, **resident.y_new}
+    pairs = [(i, r.y_new[i]) for r in packed for i in r.y_new if i in unpacked_answers]
+    return {
+        "model": settings.model,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "steps": settings.steps,
+        "trials": {r.name: r.trials for r in runs},
+        "wall_s": {r.name: r.wall_s for r in runs},
+        "cpu_s": {r.name: r.cpu_s for r in runs},
+        "model_load_s": load.wall_s,
+        "matmul_gflops": peak.gflops,
+        "matmul_gflops_per_cpu_s": peak.cpu_gflops,
+        "naive_trials_per_hour": naive.trials_per_hour,
+        "resident_trials_per_hour": resident.trials_per_hour,
+        "packed": {str(r.trials): r.trials_per_hour for r in packed},
+        "naive_matmul_share": naive.share(peak),
+        "resident_matmul_share": resident.share(peak),
+        "packed_matmul_share": {str(r.trials): r.share(peak) for r in packed},
+        "cpu_matmul_share": {r.name: r.cpu_share(peak) for r in runs},
+        "mean_trial_gflop": statistics.fmean(flops) / 1e9,
+        "best_pack_size": best.trials,
+        "default_pack_size": DEFAULT_PACK_SIZE,
+        "best_speedup": best.trials_per_hour / naive.trials_per_hour,
+        "best_speedup_vs_resident": best.trials_per_hour / resident.trials_per_hour,
+        "best_matmul_share": best.share(peak),
+        "same_y_new_as_unpacked": (sum(unpacked_answers[i] == y for i, y in pairs) / len(pairs)) if pairs else math.nan,
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["naive"]:
+        raise SystemExit("usage: python -m raysem.training.bench naive --model M --fact JSON --config JSON [--device D]")
+    naive_main(sys.argv[2:])

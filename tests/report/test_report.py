@@ -1,0 +1,326 @@
+"""``raysem report`` on a real MLflow SQLite store holding a synthetic study that follows the run contract."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from PIL import Image
+from typer.testing import CliRunner
+
+from raysem.cli.report import report_app
+from raysem.report.build import ReportError, build_report
+from raysem.training.results import aggregate
+
+EXPERIMENT, OTHER, EMPTY, FAILED = "synthetic-study", "synthetic-rerun", "empty-study", "failed-study"
+W_FRO = 88.4206
+CI = r"-?\d+\.\d{2} \[-?\d+\.\d{2}, -?\d+\.\d{2}\]"
+
+
+def _records(rng: np.random.Generator, sampling: int, k: int, p_learn: float) -> pd.DataFrame:
+    """Plausible per-fact records: learned facts reach distance 0; others drift from dist_old."""
+    dist_old = rng.uniform(0.05, 0.95, size=k)
+    learned = rng.random(k) < p_learn
+    drift = np.abs(1 + rng.normal(0.15, 0.4, size=k))
+    dist_new = np.where(learned, 0.0, dist_old * drift)
+    rows = []
+    for i in range(k):
+        target = f"Target {sampling}-{i}"
+        y_new = target if learned[i] else f"Other {sampling}-{i}"
+        rows.append({
+            "fact_id": f"f{sampling:02d}-{i:03d}", "prompt": f"What is fact {sampling}-{i}? | piped",
+            "target": target, "y_old": f"Old {i}", "y_old_raw": f"Old {i}.", "y_new": y_new, "y_new_raw": y_new,
+            "exact_match": float(learned[i]), "token_accuracy": float(learned[i]) * 0.5 + 0.4,
+            "generality": float(rng.random() < p_learn), "locality": float(rng.uniform(0.3, 0.9)),
+            "portability": float("nan"), "dist_old": float(dist_old[i]), "dist_new": float(dist_new[i]),
+            "deviation": bool(dist_new[i] > dist_old[i]), "rd": float((dist_new[i] - dist_old[i]) / dist_old[i]),
+            "bad_case": bool(not learned[i]), "y_new_empty": False,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+class _Store:
+    def __init__(self, root: Path):
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = MlflowClient(self.uri)
+        self.clock = int(time.time() * 1000) - 10_000_000
+        self.trials: dict[str, dict[str, dict]] = {}
+        """experiment id -> trial key -> params, records and metrics of the run that must win."""
+
+    def experiment(self, name: str) -> str:
+        return self.client.create_experiment(name, artifact_location=(self.root / "artifacts" / name).as_uri())
+
+    def _run(self, exp_id: str, tags: dict, status: str = "FINISHED") -> str:
+        self.clock += 1000
+        run = self.client.create_run(exp_id, start_time=self.clock, tags=tags)
+        return run.info.run_id
+
+    def parent(self, exp_id: str) -> str:
+        run_id = self._run(exp_id, {"raysem.role": "study", "raysem.study_kind": "synthetic"})
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def trial(self, exp_id, parent, key, params, records=None, status="FINISHED", extra=None, analysis=None):
+        tags = {"raysem.role": "trial", "raysem.trial_key": key, "mlflow.parentRunId": parent}
+        run_id = self._run(exp_id, tags)
+        full = {"method": "lora", "rank": 4, "lr": 1e-3, "steps": 10, "seed": 0, "dataset": "worldfacts",
+                "model": "smol", "filter_mode": "none", "filter_lambda": 0.0, "replace": None, "mean_min": 0.0,
+                "mean_max": 1.0, "study_kind": "synthetic", "gamma": 0.0, **params}  # fmt: skip
+        # Like the study service, the group label names the swept point (so it varies with γ).
+        full["group"] = ",".join(f"{n}={params[n]}" for n in sorted(params) if n not in ("k", "sampling")) or "base"
+        metrics = {"failed": 1.0} if records is None else {**aggregate(records.to_dict("records")), "failed": 0.0}
+        metrics.update(extra or {})
+        ts = self.clock
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()]
+            + [Metric("train_loss", 2.0 / (s + 1), ts, s) for s in range(3)],
+            params=[Param(k, str(v)) for k, v in full.items()],
+        )
+        if records is not None:
+            folder = self.root / "staging" / run_id
+            (folder / "records").mkdir(parents=True)
+            records.to_parquet(folder / "records" / "facts.parquet")
+            for name, write in (analysis or {}).items():
+                (folder / "analysis").mkdir(exist_ok=True)
+                write(folder / "analysis" / name)
+            self.client.log_artifacts(run_id, str(folder))
+            self.trials.setdefault(exp_id, {})[key] = {"params": full, "records": records, "metrics": metrics}
+        self.client.set_terminated(run_id, status)
+        return run_id
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    store = _Store(root)
+    rng = np.random.default_rng(7)
+    exp = store.experiment(EXPERIMENT)
+    first = store.parent(exp)
+    # γ sweep, 10 facts per trial, paired samplings 0..3.
+    for sampling in range(4):
+        for gamma, p in ((0.0, 0.3), (1.0, 0.5)):
+            recs = _records(rng, sampling, 10, p)
+            analysis = {}
+            if gamma == 0:
+                frob = {"layer": 29, "rank": 4, "dW_fro": 0.1 + 0.01 * sampling, "W_fro": W_FRO,
+                        "proj_dW_fro": 0.2, "proj_W_fro": 1.39, "proj_random_fro": 0.08}  # fmt: skip
+                frob["amplification"] = frob["dW_fro"] / frob["proj_dW_fro"]
+                analysis["frobenius.json"] = lambda p, f=frob: p.write_text(json.dumps(f))
+            if gamma == 0 and sampling < 2:
+                feats = rng.normal(size=(10, 8)).astype(np.float32)
+                analysis["features.npz"] = lambda p, f=feats, r=recs: np.savez(
+                    p, features=f, dist_old=r["dist_old"].to_numpy(), fact_ids=r["fact_id"].to_numpy().astype(str))
+            store.trial(exp, first, f"gamma{gamma:g}-s{sampling}", {"gamma": gamma, "k": 10, "sampling": sampling},
+                        recs, analysis=analysis)  # fmt: skip
+    # A resumed study: a second parent re-runs one key (the newer FINISHED run wins) and
+    # holds single-fact trials, a failed trial and a filter/random pair.
+    second = store.parent(exp)
+    stale = _records(rng, 0, 10, 0.0)
+    store.trial(exp, first, "gamma1-s9", {"gamma": 1.0, "k": 10, "sampling": 9}, stale)
+    store.trials[exp].pop("gamma1-s9")
+    store.trial(exp, second, "gamma1-s9", {"gamma": 1.0, "k": 10, "sampling": 9}, _records(rng, 9, 10, 0.9))
+    store.trial(exp, second, "gamma0-s9", {"gamma": 0.0, "k": 10, "sampling": 9}, _records(rng, 9, 10, 0.2))
+    for sampling in range(6):
+        store.trial(exp, second, f"single-s{sampling}", {"k": 1, "sampling": sampling}, _records(rng, 20 + sampling, 1, 0.3))
+    store.trial(exp, second, "single-s99", {"k": 1, "sampling": 99}, None, status="FAILED")
+    for sampling in range(2):
+        for mode, p in (("filter", 0.5), ("random", 0.2)):
+            store.trial(exp, second, f"{mode}-s{sampling}", {"k": 10, "sampling": sampling, "filter_mode": mode,
+                        "replace": 0.6, "filter_lambda": 0.5}, _records(rng, 40 + sampling, 10, p))  # fmt: skip
+    # A second experiment with the same γ = 0, k = 10 configuration, for --compare.
+    other = store.experiment(OTHER)
+    parent_b = store.parent(other)
+    for sampling in range(4):
+        store.trial(other, parent_b, f"gamma0-s{sampling}", {"gamma": 0.0, "k": 10, "sampling": sampling},
+                    _records(rng, sampling, 10, 0.6))  # fmt: skip
+    store.experiment(EMPTY)
+    failed = store.experiment(FAILED)
+    store.trial(failed, store.parent(failed), "only", {"k": 1, "sampling": 0}, None, status="FAILED")
+
+    out = root / "report"
+    started = time.perf_counter()
+    summary = build_report(EXPERIMENT, tracking_uri=store.uri, out_dir=out, compare=OTHER)
+    elapsed = time.perf_counter() - started
+    return store, summary, out.joinpath("report.md").read_text(), first, second, elapsed, store.trials[exp]
+
+
+def _table(md: str, caption_start: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table whose bold caption starts with the given text."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"**{caption_start}"))
+    header = [h.strip() for h in lines[start + 2].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 4 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+        rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def test_sections_figures_and_timing(study):
+    store, summary, md, *_, elapsed, _ = study
+    assert summary.sections == ["headline", "fig3", "fig4_table1", "fig6", "table2", "fig5", "fig7", "tables3_4",
+                                "fig8", "table5", "compare"]  # fmt: skip
+    assert summary.skipped == {}
+    assert set(summary.figures) == {"fig3", "fig4", "fig5", "fig6", "fig7", "fig8"}
+    for path in summary.figures.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            assert img.size[0] >= 400 and img.size[1] >= 300
+        assert f"]({path.relative_to(summary.out_dir).as_posix()})" in md
+    assert elapsed < 30
+
+
+def test_trials_deduplicated_and_failures_counted(study):
+    store, summary, md, *_ = study
+    # 8 γ-sweep + 2 re-run keys + 6 single + 1 failed + 4 filter/random; one stale duplicate dropped.
+    assert summary.n_trials == 21
+    assert summary.n_failed == 1
+    assert summary.n_duplicates == 1
+    assert "single-s99" in md
+    first, *rows = summary.describe().splitlines()[: 1 + len(summary.headline)]
+    assert first == "headline: mean [95% bootstrap CI]"
+    for (label, head), row in zip(summary.headline.items(), rows):
+        acc = head["accuracy"]
+        assert row.startswith(f"  {label}: {head['n_trials']} trials, accuracy {acc.estimate:.2f} [{acc.low:.2f}, {acc.high:.2f}]")
+
+
+def test_table1_matches_the_records(study):
+    store, summary, md, *_, trials = study
+    singles = pd.concat([t["records"] for k, t in trials.items() if k.startswith("single-")])
+    bad = singles[singles["bad_case"]]
+    expected = 100 * bad["deviation"].sum() / len(bad)
+    (row,) = _table(md, "Table 1.")
+    assert row["Bad cases"] == str(len(bad))
+    assert re.fullmatch(CI, row["Deviation among bad cases (%)"])
+    assert row["Deviation among bad cases (%)"].startswith(f"{expected:.2f} [")
+
+
+def test_tables_3_4_paired_delta_and_levels(study):
+    store, summary, md, *_, trials = study
+    acc = {k: t["metrics"]["accuracy"] for k, t in trials.items() if k.startswith("gamma")}
+    pairs = [s for s in (0, 1, 2, 3, 9) if f"gamma0-s{s}" in acc and f"gamma1-s{s}" in acc]
+    delta = 100 * np.mean([acc[f"gamma1-s{s}"] - acc[f"gamma0-s{s}"] for s in pairs])
+    (row,) = _table(md, "Table 3 (paired deltas).")
+    assert row["Pairs"] == str(len(pairs)) == "5"
+    assert row["γ"] == "1"
+    assert row["Δ Accuracy (pp)"].startswith(f"{delta:+.2f} [")
+    levels = {r["γ"]: r for r in _table(md, "Tables 3–4.") if r["k"] == "10"}
+    for gamma in ("0", "1"):
+        mean = 100 * np.mean([v for k, v in acc.items() if k.startswith(f"gamma{gamma}-")])
+        assert re.fullmatch(CI, levels[gamma]["Accuracy (%)"])
+        assert levels[gamma]["Accuracy (%)"].startswith(f"{mean:.2f} [")
+        gen = 100 * np.mean([t["metrics"]["generality"] for k, t in trials.items() if k.startswith(f"gamma{gamma}-")])
+        assert levels[gamma]["Generality (%)"].startswith(f"{gen:.2f} [")
+    assert summary.headline  # fractions, keyed by configuration
+    key = next(k for k in summary.headline if "γ=1" in k and "k=10" in k)
+    assert summary.headline[key]["accuracy"].estimate == pytest.approx(
+        np.mean([v for k, v in acc.items() if k.startswith("gamma1-")])
+    )
+
+
+def test_figure_data_and_other_tables(study):
+    store, summary, md, *_, trials = study
+    # Figure 3 pools the facts of plain multi-fact trials per distance bin.
+    plain = pd.concat([t["records"] for k, t in trials.items() if k.startswith("gamma0-")])
+    in_bin = plain[(plain["dist_old"] >= 0.3) & (plain["dist_old"] < 0.4)]
+    row = next(r for r in _table(md, "Figure 3 data") if r["Distance bin"] == "[0.3, 0.4)")
+    assert row["Facts"] == str(len(in_bin))
+    assert row["Accuracy (%)"].startswith(f"{100 * in_bin['exact_match'].mean():.2f}")
+    # Table 2: the four γ = 0 trials with a Frobenius analysis, split into distance thirds;
+    # the constant ‖W_q‖_F appears in every third that holds trials.
+    w_row = next(r for r in _table(md, "Table 2") if r["Norm"] == "‖W_q‖_F")
+    thirds = {h: int(h.rsplit("n=", 1)[1]) for h in w_row if "n=" in h}
+    assert sum(thirds.values()) == 4
+    assert all((f"{W_FRO:.4f} [" in w_row[h]) == (n > 0) for h, n in thirds.items())
+    # Figure 7: filter vs random paired at ρ = 0.6 over samplings 0 and 1.
+    accs = {k: t["metrics"]["accuracy"] for k, t in trials.items() if k.startswith(("filter", "random"))}
+    delta = 100 * np.mean([accs[f"filter-s{s}"] - accs[f"random-s{s}"] for s in range(2)])
+    (row,) = _table(md, "Figure 7 data")
+    assert row["ρ"] == "0.6" and row["Pairs"] == "2"
+    assert row["Δ filter − random (pp)"].startswith(f"{delta:+.2f}")
+    # Table 5 escapes the pipe in the prompt and keeps examples per band.
+    examples = _table(md, "Table 5.")
+    assert examples and {r["Band"] for r in examples} <= {"short", "medium", "long"}
+    assert any("\\| piped" in line for line in md.splitlines() if line.startswith("| short"))
+    # Comparison: B's γ = 0, k = 10 configuration beside A's.
+    cmp_rows = [r for r in _table(md, "Headline metrics of") if r["Metric"] == "Accuracy"]
+    assert len(cmp_rows) == 1 and "γ=0" in cmp_rows[0]["Configuration"]
+    assert cmp_rows[0]["Difference"].startswith("paired, 4 pairs")
+
+
+def test_html_is_self_contained(study):
+    store, summary, md, *_ = study
+    page = summary.html.read_text()
+    sources = re.findall(r'\bsrc="([^"]*)"', page)
+    assert len(sources) == len(summary.figures)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"\b(href|src)=\"(?!data:)", page)
+    assert "<caption>Table 1." in page and "Tables 3–4." in page
+
+
+def test_report_logged_to_the_latest_parent_run(study):
+    store, summary, md, first, second, *_ = study
+    assert summary.parent_run_ids == [first, second]
+    assert summary.logged_run_id == second
+    logged = {f.path for f in store.client.list_artifacts(second, "report")}
+    assert {"report/report.md", "report/report.html", "report/figures", "report/trials.csv"} <= logged
+    figures = {f.path for f in store.client.list_artifacts(second, "report/figures")}
+    assert {f"report/figures/{p.name}" for p in summary.figures.values()} == figures
+
+
+def test_unknown_or_empty_experiment_is_a_clear_error(study):
+    store = study[0]
+    with pytest.raises(ReportError, match="no experiment named 'nope'.*synthetic-study"):
+        build_report("nope", tracking_uri=store.uri, log_to_mlflow=False)
+    with pytest.raises(ReportError, match="'empty-study' has no trial runs"):
+        build_report(EMPTY, tracking_uri=store.uri, log_to_mlflow=False)
+
+
+def test_cli(study, tmp_path):
+    store = study[0]
+    assert [c.name for c in report_app.registered_commands] == ["report"]
+    args = ["--experiment", "nope", "--tracking-uri", store.uri, "--out", str(tmp_path)]
+    result = CliRunner().invoke(report_app, args)
+    assert result.exit_code == 2
+    assert "error: no experiment named 'nope'" in result.output
+    args = ["--experiment", FAILED, "--tracking-uri", store.uri, "--out", str(tmp_path), "--no-log"]
+    result = CliRunner().invoke(report_app, args)
+    assert result.exit_code == 0, result.output
+    assert "sections: headline" in result.output and "skipped fig3: no finished trial" in result.output
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_study_whose_trials_all_failed_reports_only_the_overview(study, tmp_path):
+    store = study[0]
+    summary = build_report(FAILED, tracking_uri=store.uri, out_dir=tmp_path, log_to_mlflow=False)
+    assert summary.sections == ["headline"]
+    assert (summary.n_trials, summary.n_failed) == (1, 1)
+    assert set(summary.skipped.values()) == {"no finished trial"}
+    assert summary.logged_run_id is None and not summary.figures
+    assert "0 finished, 1 failed" in summary.markdown.read_text()
+
+
+def test_figure5_needs_two_featured_facts_per_model(study, tmp_path):
+    store = study[0]
+    exp = store.experiment("one-featured-fact")
+    recs = _records(np.random.default_rng(3), 0, 1, 1.0)
+    save = lambda p: np.savez(  # noqa: E731
+        p, features=np.ones((1, 8), dtype=np.float32), dist_old=recs["dist_old"].to_numpy(), fact_ids=recs["fact_id"].to_numpy().astype(str)
+    )
+    store.trial(exp, store.parent(exp), "single-s0", {"k": 1, "sampling": 0}, recs, analysis={"features.npz": save})
+    summary = build_report("one-featured-fact", tracking_uri=store.uri, out_dir=tmp_path, log_to_mlflow=False)
+    assert summary.skipped["fig5"] == "fewer than 2 facts with logged features per model"
+    assert "fig5" not in summary.figures

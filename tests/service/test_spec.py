@@ -1,0 +1,89 @@
+"""Study specs: validation errors name the field and value; expansion into units and trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raysem.service.spec import SpecError, load_spec
+from raysem.service.study import count_trials, expand_units, trial_key
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"name": "s", "trial": {"method": "dora"}}, "method"),
+        ({"name": "s", "sweep": {"method": {"grid": ["lora", "prefix"]}}}, "'prefix'"),
+        ({"name": "s", "trial": {"gamma": -0.5}}, "gamma"),
+        ({"name": "s", "sweep": {"gamma": {"grid": [0.0, -1.0]}}}, "-1.0"),
+        ({"name": "s", "filter": {"filter_lambda": -1}}, "filter_lambda"),
+        ({"name": "s", "filter": {"mean_min": 0.6, "mean_max": 0.3}}, "mean_min (0.6)"),
+        ({"name": "s", "filter": {"replace": 1.5}}, "replace"),
+        ({"name": "s", "sweep": {"rank_of_doom": {"grid": [1]}}}, "rank_of_doom"),
+        ({"name": "s", "resourcez": {}}, "resourcez"),
+        ({"name": "s", "sweep": {"gamma": {"uniform": [0, 1]}}}, "grid search"),
+    ],
+)
+def test_spec_errors_name_field_and_value(tmp_path, data, needle):
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, data))
+    assert needle in str(err.value)
+    assert "spec.yaml" in str(err.value)
+
+
+def test_unreadable_spec_files(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+
+
+def test_quick_overrides_merge_nested(tmp_path):
+    data = {"name": "s", "sampling": {"k": 100, "n_samplings": 50, "seed": 7}, "quick": {"sampling": {"k": 10}}}
+    spec = load_spec(write(tmp_path, data), quick=True)
+    assert (spec.sampling.k, spec.sampling.n_samplings, spec.sampling.seed) == (10, 50, 7)
+
+
+def test_units_pack_single_fact_lora_and_count_trials(tmp_path):
+    data = {
+        "name": "s",
+        "sampling": {"k": 1, "n_samplings": 10, "per_k": {10: 3}},
+        "sweep": {"k": {"grid": [1, 10]}, "gamma": {"grid": [0.0, 1.0]}},
+        "pack_size": 4,
+    }
+    spec = load_spec(write(tmp_path, data))
+    units = expand_units(spec)
+    single = [u for u in units if u["point"]["k"] == 1]
+    multi = [u for u in units if u["point"]["k"] == 10]
+    assert [len(u["samplings"]) for u in single] == [4, 4, 2, 4, 4, 2]
+    assert all(len(u["samplings"]) == 1 for u in multi) and len(multi) == 6
+    assert count_trials(spec) == 2 * 10 + 2 * 3
+
+
+def test_trial_key_is_stable_and_distinguishes_points():
+    a = trial_key({"gamma": 1.0}, 3, 10)
+    assert a == trial_key({"gamma": 1.0}, 3, 10)
+    assert len({a, trial_key({"gamma": 0.0}, 3, 10), trial_key({"gamma": 1.0}, 4, 10), trial_key({"gamma": 1.0}, 3, 1)}) == 4
+
+
+STUDY_SPECS = sorted(p for p in JOBS.glob("*.yaml") if p.name != "distance_table.yaml")
+
+
+@pytest.mark.parametrize("path", STUDY_SPECS, ids=lambda p: p.name)
+def test_every_job_spec_validates(path):
+    for quick in (False, True):
+        spec = load_spec(path, quick=quick)
+        assert count_trials(spec) >= 1
+        assert (JOBS / f"{path.stem}.py").exists()

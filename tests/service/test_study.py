@@ -1,0 +1,118 @@
+"""Studies on a real local Ray and a real MLflow store: every trial logged once, resources checked first, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO_ROOT
+from mlflow import MlflowClient
+
+from raysem.service.spec import load_spec
+from raysem.service.study import ResourceError, count_trials, run_study
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
+    data = {
+        "name": name,
+        "model": str(model_dir),
+        "dataset": "worldfacts",
+        "data_limit": 80,
+        "sampling": {"k": 1, "n_samplings": 4, "per_k": {3: 2}, "seed": 0},
+        "trial": {"method": "lora", "steps": 2, "lr": 1e-3},
+        "sweep": {"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0]}},
+        "pack_size": 4,
+        "resources": {"cpu": 1},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "storage_path": str(tmp_path / "ray"),
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def trial_runs(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], filter_string="tags.`raysem.role` = 'trial'", max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def test_missing_resources_fail_before_any_trial(tmp_path, tiny_model_dir, local_ray):
+    spec = load_spec(tiny_spec(tmp_path, tiny_model_dir, "needs-a100", resources={"cpu": 1, "custom": {"A100": 1}}))
+    with pytest.raises(ResourceError, match=r"A100.*expect_autoscaling"):
+        run_study(spec)
+    assert trial_runs(spec.tracking.uri, spec.experiment)[1] == []
+
+
+def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local_ray):
+    spec = load_spec(tiny_spec(tmp_path, tiny_model_dir, "tiny-study"))
+    outcome = run_study(spec)
+    client, runs = trial_runs(outcome.tracking_uri, spec.experiment)
+    assert outcome.trials == count_trials(spec) == 2 * 4 + 2 * 2
+    assert len(runs) == outcome.trials
+    assert len({r.data.tags["raysem.trial_key"] for r in runs}) == outcome.trials
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == outcome.parent_run_id for r in runs)
+    by_k = {"1": 0, "3": 0}
+    for run in runs:
+        by_k[run.data.params["k"]] += 1
+        assert {"accuracy", "generality", "locality", "deviation_rate", "wall_s"} <= set(run.data.metrics)
+        records = pd.read_parquet(client.download_artifacts(run.info.run_id, "records/facts.parquet"))
+        assert len(records) == int(run.data.params["k"])
+        assert run.data.metrics["accuracy"] == pytest.approx(records["exact_match"].mean())
+    assert by_k == {"1": 8, "3": 4}
+    gammas = {(r.data.params["k"], r.data.params["sampling"], r.data.params["seed"]): set() for r in runs}
+    for run in runs:
+        gammas[(run.data.params["k"], run.data.params["sampling"], run.data.params["seed"])].add(run.data.params["gamma"])
+    assert all(g == {"0.0", "1.0"} for g in gammas.values()), "every sampling is paired across γ with the same seed"
+
+    again = run_study(spec)
+    assert len(trial_runs(again.tracking_uri, spec.experiment)[1]) == outcome.trials, "finished trials are not redone"
+
+
+def test_interrupted_study_resumes_without_duplicates(tmp_path, tiny_model_dir):
+    import ray
+
+    ray.shutdown()
+    path = tiny_spec(
+        tmp_path, tiny_model_dir, "resumable",
+        sweep={"gamma": {"grid": [0.0, 1.0]}}, sampling={"k": 3, "n_samplings": 6, "seed": 1}, report=False,
+    )  # fmt: skip
+    spec = load_spec(path)
+    command = [sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2:
+        time.sleep(1)
+    assert first.poll() is None, "the study finished before it could be interrupted"
+    os.killpg(first.pid, signal.SIGINT)
+    first.wait(timeout=120)
+    done_before = len(trial_runs(spec.tracking.uri, spec.experiment)[1])
+    assert 2 <= done_before < count_trials(spec)
+
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600)
+    assert resumed.returncode == 0
+    runs = trial_runs(spec.tracking.uri, spec.experiment)[1]
+    keys = [r.data.tags["raysem.trial_key"] for r in runs if r.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == count_trials(spec) == 12

@@ -1,0 +1,103 @@
+"""MLflow tracking against real stores: a SQLite file and a real `mlflow server`; nothing lost when it is down."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from conftest import free_port, start_mlflow_server
+from mlflow import MlflowClient
+
+from raysem.service import tracking
+from raysem.training.results import TrialResult, aggregate
+
+
+def make_result(key: str) -> TrialResult:
+    records = [
+        {
+            "fact_id": f"f{i}", "prompt": f"q{i}?", "target": f"t{i}", "y_old": "old", "y_old_raw": "old",
+            "y_new": f"t{i}" if i == 0 else "no", "y_new_raw": "x", "exact_match": float(i == 0), "token_accuracy": 0.5,
+            "generality": 0.0, "locality": 1.0, "portability": math.nan, "dist_old": 0.2 * (i + 1),
+            "dist_new": 0.0 if i == 0 else 0.5, "deviation": i == 2, "rd": 1.0, "bad_case": i != 0, "y_new_empty": False,
+        }
+        for i in range(3)
+    ]  # fmt: skip
+    return TrialResult(key, {}, ["f0"], ["f0", "f1", "f2"], records, {**aggregate(records), "wall_s": 1.5}, [2.0, 1.0, 0.5])
+
+
+def read_back(uri: str, experiment: str, key: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`raysem.trial_key` = '{key}'")
+    assert len(runs) == 1
+    run = runs[0]
+    local = client.download_artifacts(run.info.run_id, "records/facts.parquet")
+    return client, run, pd.read_parquet(local)
+
+
+def test_trial_logged_to_sqlite_reads_back(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_study(uri, "exp-a", "study", {"raysem.study_kind": "quick"}, {"spec": "{}"})
+    result = make_result("t-1")
+    folder = tracking.PendingTrial("t-1", "exp-a", parent, {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, result).write(tmp_path / "pending")
+    run_id = tracking.record_trial(uri, folder)
+    assert run_id and not (tmp_path / "pending" / "t-1").exists()
+    client, run, facts = read_back(uri, "exp-a", "t-1")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["raysem.model"] == "m"
+    assert run.data.params["gamma"] == "1.0" and run.data.params["k"] == "3"
+    assert run.data.metrics["accuracy"] == pytest.approx(1 / 3)
+    assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)] == [2.0, 1.0, 0.5]
+    assert facts["fact_id"].tolist() == ["f0", "f1", "f2"] and facts["exact_match"].sum() == 1
+    assert tracking.finished_trial_keys(uri, "exp-a") == {"t-1"}
+
+
+def test_logger_reads_done_trials_once_then_keeps_them(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_study(uri, "exp-d", "study", {}, {})
+    logger = tracking.TrialLogger(uri, "exp-d", parent, str(tmp_path / "pending"), {})
+    logger.record("t-1", {"gamma": 0.0}, make_result("t-1"))
+    reads = []
+    real = tracking.finished_trial_keys
+    monkeypatch.setattr(tracking, "finished_trial_keys", lambda *a: reads.append(a) or real(*a))
+    fresh = tracking.TrialLogger(uri, "exp-d", parent, str(tmp_path / "pending"), {})
+    assert fresh.done_among(["t-1", "t-2"]) == ["t-1"]
+    fresh.record("t-2", {"gamma": 1.0}, make_result("t-2"))
+    assert fresh.done_among(["t-2", "t-3", "t-1"]) == ["t-2", "t-1"]
+    assert len(reads) == 1
+
+
+def test_logger_fails_loudly_when_done_trials_cannot_be_read(tmp_path, monkeypatch):
+    """A store error while resuming must not read as "nothing done" (that would re-run and duplicate every trial)."""
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.0, 0.0))
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
+    logger = tracking.TrialLogger(uri, "exp-e", None, str(tmp_path / "pending"), {})
+    with pytest.raises(tracking.TrackingUnavailable, match="reading finished trials from sqlite:///.*a-file.*failed 3 times"):
+        logger.done_among(["t-1"])
+
+
+@pytest.mark.slow
+def test_unreachable_server_keeps_results_and_sync_logs_them(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with pytest.raises(tracking.TrackingUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
+        tracking.check_reachable(uri)
+    pending = tmp_path / "pending"
+    folder = tracking.PendingTrial("t-9", "exp-b", None, {"gamma": 0.0}, {}, make_result("t-9")).write(pending)
+    assert tracking.record_trial(uri, folder) is None
+    assert (pending / "t-9" / "meta.json").exists() and (pending / "t-9" / "facts.parquet").exists()
+
+    server = start_mlflow_server(tmp_path / "server", port)
+    try:
+        logged, errors = tracking.sync_pending(uri, pending)
+        assert (logged, errors) == (1, [])
+        assert not (pending / "t-9").exists()
+        _, run, facts = read_back(uri, "exp-b", "t-9")
+        assert run.data.params["gamma"] == "0.0"
+        assert run.data.metrics["wall_s"] == 1.5
+        assert len(facts) == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
