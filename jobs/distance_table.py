@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=spec.batch_size,
             actors=spec.actors,
             refresh=args.refresh,
+            prompting=spec.prompting,
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raysem.data.datasets import DATASET_NAMES, SkippedRecordWarning, load_facts
+from raysem.data.datasets import DATASET_NAMES, IncompleteRecordWarning, SkippedRecordWarning, load_facts
 from raysem.data.facts import DatasetError
 from raysem.data.fetch import SOURCES, FetchError, fetch_dataset
 
@@ -57,6 +57,7 @@ def show(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SkippedRecordWarning)
+            warnings.simplefilter("always", IncompleteRecordWarning)
             if path is not None:
                 facts = load_facts(path, limit=limit, name=dataset, skip_invalid=skip_invalid)
             else:

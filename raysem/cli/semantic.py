@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from raysem.cli import options
+
 SUMMARY_KEYS = ("count", "mean", "std", "min", "max", "empty")
 semantic_app = typer.Typer(help="Target semantic distances and the distance-based data filter.", no_args_is_help=True)
 
@@ -36,6 +38,9 @@ def distances(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Facts per decoding batch."),
     refresh: bool = typer.Option(False, "--refresh", help="Recompute even when the table is cached."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: count, mean, std, min, max, empty, path."),
+    prompt_style: str = options.PROMPT_STYLE,
+    answer_budget: str = options.ANSWER_BUDGET,
+    free_tokens: int = options.FREE_TOKENS,
 ) -> None:
     """Compute (or read from the cache) the base model's answers and target distances for a dataset."""
     from raysem.data.facts import DatasetError
@@ -46,7 +51,10 @@ def distances(
         _fail(f"--out must end in .parquet or .csv, got {out}")
     start = time.perf_counter()
     try:
-        frame, path = distance_table(model, dataset, limit=limit, batch_size=batch_size, refresh=refresh, progress=not as_json)
+        prompting = options.prompting(prompt_style, answer_budget, free_tokens)
+        frame, path = distance_table(
+            model, dataset, limit=limit, batch_size=batch_size, refresh=refresh, progress=not as_json, prompting=prompting
+        )
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             if out.suffix == ".parquet":
@@ -59,7 +67,7 @@ def distances(
     shown = out if out is not None else path
     if as_json:
         payload = {key: _json_number(value) for key, value in stats.items()}
-        payload.update(path=str(shown), cache=str(path), model=model, seconds=round(time.perf_counter() - start, 3))
+        payload.update(path=str(shown), cache=str(path), model=model, **prompting.key(), seconds=round(time.perf_counter() - start, 3))
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     table = Table(title=f"target distances: {dataset} under {model}")

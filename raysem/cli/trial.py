@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from raysem.cli import options
 from raysem.data.facts import DatasetError, Fact, FactSet
 from raysem.models.loader import DEFAULT_MODEL, ModelError
 from raysem.training.config import METHODS, TrialConfig
@@ -36,14 +37,13 @@ def _base_records(lm, dataset: FactSet, sample: list[Fact], whole: bool) -> dict
 
 
 def _filtered(sample: list[Fact], dataset: FactSet, base: dict, lam: float, replace: float) -> list[Fact]:
-    from raysem.semantics.filter import greedy_filter
+    from raysem.semantics.filter import replace_training_set
 
     chosen = {f.id for f in sample}
     pool = [f for f in dataset.facts if f.id not in chosen]
-    result = greedy_filter(
-        [f.id for f in sample], [base[f.id]["dist_old"] for f in sample],
-        [f.id for f in pool], [base[f.id]["dist_old"] for f in pool],
-        replace=replace, lam=lam,
+    result = replace_training_set(
+        "filter", [f.id for f in sample], [base[f.id]["dist_old"] for f in sample],
+        [f.id for f in pool], [base[f.id]["dist_old"] for f in pool], replace=replace, lam=lam,
     )  # fmt: skip
     by_id = {f.id: f for f in dataset.facts}
     return [by_id[i] for i in result.train_ids]
@@ -63,6 +63,10 @@ def trial(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Embedded model name, local folder or Hugging Face id."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: the config default)."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the method's, raysem.training.config.DEFAULT_LR)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (AdamW cancels γ on a single fact)."),
+    prompt_style: str = options.PROMPT_STYLE,
+    answer_budget: str = options.ANSWER_BUDGET,
+    free_tokens: int = options.FREE_TOKENS,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the headline metrics."),
 ) -> None:
     """Sample K facts (seeded), learn them with one method, and report accuracy, generality and locality.
@@ -77,8 +81,9 @@ def trial(
     if filter_lambda is not None and filter_lambda < 0:
         _fail(f"--filter-lambda (λ) must be >= 0, got {filter_lambda}")
     overrides = {"gamma": gamma, "steps": steps, "lr": lr}
+    prompting = options.prompting(prompt_style, answer_budget, free_tokens)
     try:
-        cfg = TrialConfig(method=method, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+        cfg = TrialConfig(method=method, seed=seed, optimizer=optimizer, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
         _fail(f"invalid trial settings: {exc}")
 
@@ -89,7 +94,7 @@ def trial(
     try:
         fact_set = load_facts(dataset)
         sample = sample_fact_sets(fact_set.facts, facts, 1, seed)[0]
-        resident = ResidentModel(model)
+        resident = ResidentModel(model, prompting=prompting)
         base = _base_records(resident.lm, fact_set, sample, whole=filter_lambda is not None)
         train = sample if filter_lambda is None else _filtered(sample, fact_set, base, filter_lambda, replace)
         result = run_trial(resident, train, sample, base, cfg, trial_id=f"{fact_set.name}-k{facts}-s{seed}")

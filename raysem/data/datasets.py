@@ -2,7 +2,9 @@
 
 The format of a file is detected from the keys of its first record; every record is then validated,
 and any problem raises ``DatasetError`` naming the file, the record index and the field. Text fields
-are stripped of surrounding whitespace (several ZsRE targets carry a leading space).
+are stripped of surrounding whitespace (several ZsRE targets carry a leading space). Fields no metric
+reads (subject, true answer, locality reference answers) may be empty or missing: the record is loaded
+with one ``IncompleteRecordWarning`` per file and field.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 import os
 import re
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +37,25 @@ _MISSING = object()
 
 Key = str | int
 
+# Why a field may be blank, by its role: no metric reads it. A locality probe's reference answer only
+# sizes its answer budget (``LoadedModel.answer_budget``), which is 1 token for an empty answer.
+_BLANK_REASONS = {
+    "locality": "locality (Eq. 8) compares with the base model's answer and does not read it; "
+    "the probe's answer budget falls to 1 token",
+    "neighborhood": "it is the true answer and the neighborhood (locality) probes' reference answer, which no "
+    "metric reads (Eq. 8 compares with the base model's answer); their answer budget falls to 1 token",
+    "true_answer": "no metric reads the true answer (`raysem data show` only displays it)",
+    "subject": "no metric reads the subject",
+    "relation": "no metric reads the relation",
+}
+
 
 class SkippedRecordWarning(UserWarning):
     """Records left out by ``load_facts(..., skip_invalid=True)``; the message lists them and why."""
+
+
+class IncompleteRecordWarning(UserWarning):
+    """Records loaded with an empty or missing field that no metric reads; one per file and field, with counts."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +166,7 @@ def read_facts_file(
     parse = _PARSERS[fmt]
     facts: list[Fact] = []
     skipped: list[str] = []
+    blanks: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
     seen: set[str] = set()
     for index, raw in enumerate(records[:limit]):
         try:
@@ -160,12 +181,26 @@ def read_facts_file(
             continue
         seen.add(fact.id)
         facts.append(fact)
+        for blank in record.blanks:
+            blanks[blank].append(index)
     if skipped:
         shown = "; ".join(skipped[:20]) + (f"; ... and {len(skipped) - 20} more" if len(skipped) > 20 else "")
         warnings.warn(SkippedRecordWarning(f"{path}: skipped {len(skipped)} invalid record(s): {shown}"), stacklevel=3)
         if not facts:
             raise DatasetError(f"{path}: no valid records")
+    for message in _blank_messages(path, blanks):
+        warnings.warn(IncompleteRecordWarning(message), stacklevel=3)
     return FactSet(name=name, format=fmt, facts=facts, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _blank_messages(path: Path, blanks: dict[tuple[str, str], list[int]]) -> list[str]:
+    """One warning message per (role, field label), from the record index of each blank field."""
+    messages = []
+    for (role, label), indices in blanks.items():
+        records = f"{len(set(indices))} record(s)"
+        where = f"{len(indices)} locality probe(s) in {records}" if role == "locality" else records
+        messages.append(f"{path}: {where} have an empty or missing {label}; {_BLANK_REASONS[role]}")
+    return messages
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +290,7 @@ class _Record:
 
     def __init__(self, path: Path, index: int, data: Any) -> None:
         self.path, self.index, self.data = path, index, data
+        self.blanks: list[tuple[str, str]] = []  # (role, field label) of optional fields read as blank
         if not isinstance(data, dict):
             raise DatasetError(f"{path}: record {index}: expected a JSON object, got {_json_type(data)}")
 
@@ -307,6 +343,27 @@ class _Record:
             keys, value = (*keys, 0), value[0]
         return self.text(*keys)
 
+    def optional_text(self, role: str, *keys: Key) -> str:
+        """``text`` of a field no metric reads (``role`` keys ``_BLANK_REASONS``), or "" when it is missing or empty."""
+        return "" if self._blank(role, keys) else self.text(*keys)
+
+    def optional_answer(self, role: str, *keys: Key) -> str:
+        """``answer`` of a field no metric reads (``role`` keys ``_BLANK_REASONS``), or "" when it is missing or an
+        empty string (an empty list is still an error)."""
+        return "" if self._blank(role, keys) else self.answer(*keys)
+
+    def _blank(self, role: str, keys: tuple[Key, ...]) -> bool:
+        """Whether a field is missing or an empty string (the first one of nested lists); noted in ``blanks``."""
+        parent = self.get(*keys[:-1])
+        value = parent.get(keys[-1], "") if isinstance(parent, dict) else self.get(*keys)
+        while isinstance(value, list) and value:
+            value = value[0]
+        if not isinstance(value, str) or value.strip():
+            return False
+        label = str(keys[-1]) if role == "locality" else ".".join(map(str, keys))
+        self.blanks.append((role, label))
+        return True
+
     def case_id(self) -> str:
         if not self.has("case_id"):
             return str(self.index)
@@ -326,10 +383,10 @@ def _parse_zsre(rec: _Record, name: str, split: str) -> Fact:
         id=f"{name}:{rec.index}",
         prompt=rec.text("src"),
         target=rec.text("alt"),
-        subject=rec.text("subject"),
-        true_answer=rec.answer("answers"),
+        subject=rec.optional_text("subject", "subject"),
+        true_answer=rec.optional_answer("true_answer", "answers") or None,
         rephrasings=(rec.text("rephrase"),),
-        locality=(Probe(_strip_nq_prefix(rec.text("loc")), rec.text("loc_ans")),),
+        locality=(Probe(_strip_nq_prefix(rec.text("loc")), rec.optional_text("locality", "loc_ans")),),
         portability=_zsre_portability(rec),
         source=name,
         split=split,
@@ -356,10 +413,10 @@ def _parse_counterfact_mend(rec: _Record, name: str, split: str) -> Fact:
         id=f"{name}:{rec.case_id()}",
         prompt=rec.text("prompt"),
         target=rec.text("target_new"),
-        subject=rec.text("subject"),
-        true_answer=rec.answer("ground_truth"),
+        subject=rec.optional_text("subject", "subject"),
+        true_answer=rec.optional_answer("true_answer", "ground_truth") or None,
         rephrasings=(rec.text("rephrase_prompt"),),
-        locality=(Probe(rec.text("locality_prompt"), rec.answer("locality_ground_truth")),),
+        locality=(Probe(rec.text("locality_prompt"), rec.optional_answer("locality", "locality_ground_truth")),),
         source=name,
         split=split,
     )
@@ -371,18 +428,18 @@ def _parse_counterfact_rome(rec: _Record, name: str, split: str) -> Fact:
     template = rec.text(rw, "prompt")
     if "{}" not in template:
         raise rec.error((rw, "prompt"), "has no '{}' placeholder for the subject", template)
-    true_answer = rec.text(rw, "target_true", "str")
+    true_answer = rec.optional_text("neighborhood", rw, "target_true", "str")
     return Fact(
         id=f"{name}:{rec.case_id()}",
         prompt=template.replace("{}", subject),
         target=rec.text(rw, "target_new", "str"),
         subject=subject,
-        true_answer=true_answer,
+        true_answer=true_answer or None,
         rephrasings=rec.texts("paraphrase_prompts"),
         locality=tuple(Probe(p, true_answer) for p in rec.texts("neighborhood_prompts")),
         source=name,
         split=split,
-        relation=rec.text(rw, "relation_id") if "relation_id" in rec.get(rw) else "",
+        relation=rec.optional_text("relation", rw, "relation_id") if "relation_id" in rec.get(rw) else "",
     )
 
 
@@ -392,8 +449,8 @@ def _parse_knowedit(rec: _Record, name: str, split: str) -> Fact:
         id=f"{name}:{rec.index}",
         prompt=rec.text("prompt"),
         target=rec.text("target_new"),
-        subject=rec.text("subject"),
-        true_answer=rec.answer("ground_truth") if rec.has("ground_truth") else None,
+        subject=rec.optional_text("subject", "subject"),
+        true_answer=(rec.optional_answer("true_answer", "ground_truth") or None) if rec.has("ground_truth") else None,
         rephrasings=rec.texts(rephrase_key) if rephrase_key else (),
         locality=_knowedit_probes(rec, "locality"),
         portability=_knowedit_probes(rec, "portability"),
@@ -403,7 +460,8 @@ def _parse_knowedit(rec: _Record, name: str, split: str) -> Fact:
 
 
 def _knowedit_probes(rec: _Record, key: str) -> tuple[Probe, ...]:
-    """Probes of all groups of ``locality`` / ``portability`` ({group: [{prompt, ground_truth}]})."""
+    """Probes of all groups of ``locality`` / ``portability`` ({group: [{prompt, ground_truth}]}); a locality
+    probe's ground truth may be blank (no metric reads it), a portability probe's may not (exact match)."""
     if not rec.has(key):
         return ()
     groups = rec.get(key)
@@ -413,9 +471,9 @@ def _knowedit_probes(rec: _Record, key: str) -> tuple[Probe, ...]:
     for group, items in groups.items():
         if not isinstance(items, list):
             raise rec.error((key, group), f"expected a list of probes, got {_json_type(items)}", items)
+        answer = partial(rec.optional_answer, "locality") if key == "locality" else rec.answer
         probes.extend(
-            Probe(rec.text(key, group, i, "prompt"), rec.answer(key, group, i, "ground_truth"))
-            for i in range(len(items))
+            Probe(rec.text(key, group, i, "prompt"), answer(key, group, i, "ground_truth")) for i in range(len(items))
         )
     return tuple(probes)
 

@@ -32,12 +32,13 @@ class TargetBatch:
 
 
 def encode_targets(lm: LoadedModel, questions: Sequence[str], targets: Sequence[str]) -> TargetBatch:
-    """Tokenise ``format_prompt(question) + target`` for each pair; the loss sees only target tokens."""
+    """Tokenise each prompt and its target as ``LoadedModel.prompt_and_answer_ids`` joins them; the loss
+    sees only target tokens."""
     if len(questions) != len(targets):
         raise ValueError(f"{len(questions)} questions but {len(targets)} targets")
     tok = lm.tokenizer
-    prompts = [tok(lm.format_prompt(q), add_special_tokens=False).input_ids for q in questions]
-    answers = [tok(t, add_special_tokens=False).input_ids for t in targets]
+    pairs = [lm.prompt_and_answer_ids(q, t) for q, t in zip(questions, targets)]
+    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
     for target, ids in zip(targets, answers):
         if not ids:
             raise ValueError(f"target {target!r} has no tokens")

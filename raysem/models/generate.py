@@ -12,16 +12,12 @@ from raysem.models.loader import LoadedModel
 
 @dataclass(frozen=True)
 class Answer:
-    """A greedy answer: ``text`` is decoded without special tokens and stripped; ``raw`` is kept as generated."""
+    """A greedy answer: ``text`` is decoded without special tokens and cleaned (``LoadedModel.clean_answer``:
+    stripped, cut at the first newline where the prompting says so); ``raw`` is kept as generated."""
 
     text: str
     raw: str
     n_tokens: int
-
-
-def target_token_count(lm: LoadedModel, text: str) -> int:
-    """Tokens of an answer string as the model sees it after the prompt (no special tokens)."""
-    return len(lm.tokenizer(text, add_special_tokens=False).input_ids)
 
 
 @torch.no_grad()
@@ -69,6 +65,6 @@ def greedy_answers(
             if tokenizer.eos_token_id in tokens:
                 tokens = tokens[: tokens.index(tokenizer.eos_token_id) + 1]
             raw = tokenizer.decode(tokens, skip_special_tokens=False)
-            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            text = lm.clean_answer(tokenizer.decode(tokens, skip_special_tokens=True))
             answers[i] = Answer(text=text, raw=raw, n_tokens=len(tokens))
     return [a for a in answers if a is not None]

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from raysem.models.prompts import Prompting, fewshot_prompt, first_line
 from raysem.paths import cache_dir
 
 
@@ -105,19 +106,60 @@ def pull_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
 
 @dataclass
 class LoadedModel:
-    """A causal LM, its tokenizer, and how questions are turned into prompts."""
+    """A causal LM, its tokenizer, and how questions become prompts and answers (``prompting``)."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
     chat: bool
+    prompting: Prompting = field(default_factory=Prompting)
+    bos_text: str = field(init=False)
+    """The BOS token's text when the tokenizer adds one to plain text (Llama, Mistral), else ''."""
+
+    def __post_init__(self) -> None:
+        bos, ids = self.tokenizer.bos_token_id, self.tokenizer("x").input_ids
+        self.bos_text = self.tokenizer.bos_token if bos is not None and ids and ids[0] == bos else ""
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return self.chat and self.prompting.style == "chat"
 
     def format_prompt(self, question: str) -> str:
-        """Zero-shot prompt: the chat template for chat models, the raw question otherwise."""
-        if not self.chat:
-            return question
-        messages = [{"role": "user", "content": question}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        """The prompt for ``question`` under ``prompting.style`` (see ``raysem.models.prompts``): the chat
+        template, or for a model without one (and under ``fewshot``) BOS plus raw text."""
+        if self.uses_chat_template:
+            messages = [{"role": "user", "content": question}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = fewshot_prompt(question) if self.prompting.style == "fewshot" else question
+        return self.bos_text + text
+
+    def prompt_and_answer_ids(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt and of ``answer`` as it follows the prompt.
+
+        After a chat template's assistant header the answer follows directly; after a raw prompt
+        it follows one space, tokenised together with the prompt and split at the prompt's end,
+        so BPE tokenizers see " Paris" (one word-start token) and SentencePiece ones "▁Paris".
+        """
+        prompt = self.format_prompt(question)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        if self.uses_chat_template:
+            return prompt_ids, self.tokenizer(answer, add_special_tokens=False).input_ids
+        joint = self.tokenizer(f"{prompt} {answer}", add_special_tokens=False).input_ids
+        if joint[: len(prompt_ids)] != prompt_ids:
+            return prompt_ids, self.tokenizer(f" {answer}", add_special_tokens=False).input_ids
+        return prompt_ids, joint[len(prompt_ids) :]
+
+    def answer_budget(self, question: str, reference: str) -> int:
+        """New tokens to decode for ``question``: the reference answer's token count (at least 1), or
+        ``prompting.free_tokens`` under the free budget."""
+        if self.prompting.budget == "free":
+            return self.prompting.free_tokens
+        return max(1, len(self.prompt_and_answer_ids(question, reference)[1]))
+
+    def clean_answer(self, decoded: str) -> str:
+        """A decoded answer as compared and embedded: stripped, and cut at its first newline where the
+        prompting says so."""
+        return first_line(decoded) if self.prompting.cuts_at_newline else decoded.strip()
 
     @property
     def device(self) -> torch.device:
@@ -148,7 +190,12 @@ def _accepted() -> str:
     )
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str | None = None) -> LoadedModel:
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    prompting: Prompting | None = None,
+) -> LoadedModel:
     """Load model and tokenizer; the tokenizer pads on the left for batched greedy decoding."""
     source = resolve_model_path(name_or_path)
     try:
@@ -162,7 +209,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.flo
     model.eval()
     if device:
         model.to(device)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, chat=tokenizer.chat_template is not None)
+    chat = tokenizer.chat_template is not None
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, chat=chat, prompting=prompting or Prompting())
 
 
 def model_config(name_or_path: str) -> AutoConfig:

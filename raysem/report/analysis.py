@@ -28,7 +28,7 @@ BIN_EDGES = np.arange(11) / 10
 """Figure 3/4/8 bins: width 0.1 over [0, 1]; distances are clipped into [0, 1] before binning."""
 
 BANDS = ("short", "medium", "long")
-SETTING_COLUMNS = ("rank", "alpha", "dropout", "lr", "steps", "batch_size", "weight_decay")
+SETTING_COLUMNS = ("rank", "alpha", "dropout", "lr", "steps", "batch_size", "weight_decay", "optimizer", "prompt_style", "answer_budget")
 """Training settings a sweep may vary besides the studied factor; comparisons stay within one setting."""
 CONFIG_COLUMNS = ("dataset", "model", "method", *SETTING_COLUMNS, "k", "gamma", "filter_mode", "filter_lambda",
                   "replace", "mean_min", "mean_max")  # fmt: skip
@@ -143,16 +143,19 @@ def deviation_by_distance(records: pd.DataFrame, group_cols: Sequence[str]) -> p
 def deviation_among_bad(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
     """Table 1: share of bad cases that moved away from the target, per group, CI over trials."""
     rows = []
-    frame = records.assign(_dev_bad=records["deviation"] & records["bad_case"])
+    empty = records["y_new_empty"].fillna(False).astype(bool) if "y_new_empty" in records else False
+    frame = records.assign(_dev_bad=records["deviation"] & records["bad_case"], _empty_bad=empty & records["bad_case"])
     for key, part in _group_keys(frame, group_cols):
         per_trial = part.groupby("run_id").agg(
-            bad=("bad_case", "sum"), dev_bad=("_dev_bad", "sum"), dev=("deviation", "sum"), facts=("deviation", "size")
-        )
+            bad=("bad_case", "sum"), dev_bad=("_dev_bad", "sum"), empty_bad=("_empty_bad", "sum"),
+            dev=("deviation", "sum"), facts=("deviation", "size"),
+        )  # fmt: skip
         share = bootstrap_ratio_ci(per_trial["dev_bad"], per_trial["bad"])
         overall = bootstrap_ratio_ci(per_trial["dev"], per_trial["facts"])
         rows.append({
             **dict(zip(group_cols, key)), "n_trials": len(per_trial), "n_facts": int(per_trial["facts"].sum()),
-            "n_bad": int(per_trial["bad"].sum()), "share": share, "deviation_rate": overall,
+            "n_bad": int(per_trial["bad"].sum()), "n_empty_bad": int(per_trial["empty_bad"].sum()),
+            "share": share, "deviation_rate": overall,
         })  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -28,7 +28,7 @@ __all__ = ["ReportError", "ReportSummary", "build_report"]
 
 PCT = 100.0
 SCALED_METRICS = {"accuracy": "Accuracy", "token_accuracy": "Token accuracy", "generality": "Generality",
-                  "locality": "Locality", "portability": "Portability"}  # fmt: skip
+                  "locality": "Locality", "locality_soft": "Soft locality", "portability": "Portability"}  # fmt: skip
 FROBENIUS_ROWS = (
     ("W_fro", "‖W_q‖_F"),
     ("dW_fro", "‖ΔW_q‖_F"),
@@ -200,14 +200,17 @@ def _fig4_table1(ctx: _Context) -> Section | str:
     sec = Section("fig4_table1", "Figure 4 and Table 1: moving away from the target (single-fact trials)")
     sec.text("A fact deviates when dist(y_new, y_t) > dist(y_old, y_t). RD = (dist_new − dist_old) / dist_old "
              "is undefined where dist_old = 0 and such facts are left out of the RD mean. A bad case has "
-             "accuracy < 1 or dist(y_new, y_t) > 0.")  # fmt: skip
+             "accuracy < 1 or dist(y_new, y_t) > 0. A bad case whose y_new is empty has no distance: it stays "
+             "among the bad cases but cannot count as a deviation, so the column 'Empty y_new' says how many "
+             "bad cases could not be measured (the deviation share is a lower bound by that many).")  # fmt: skip
     sec.blocks.append(ctx.figure("fig4", path, "Figure 4: deviation share and mean RD per target-distance bin."))
     table1 = an.deviation_among_bad(records, group)
-    rows = [[*(an.fmt_value(r[c]) for c in group), str(r["n_trials"]), str(r["n_bad"]),
+    rows = [[*(an.fmt_value(r[c]) for c in group), str(r["n_trials"]), str(r["n_bad"]), str(r["n_empty_bad"]),
              _pct(r["share"]), _pct(r["deviation_rate"])] for _, r in table1.iterrows()]  # fmt: skip
     sec.blocks.append(Table(
         "Table 1. Proportion of the deviation phenomenon in bad cases (%) [95% bootstrap CI over trials].",
-        [*(c.capitalize() for c in group), "Trials", "Bad cases", "Deviation among bad cases (%)", "Deviation, all facts (%)"],
+        [*(c.capitalize() for c in group), "Trials", "Bad cases", "Empty y_new", "Deviation among bad cases (%)",
+         "Deviation, all facts (%)"],
         rows,
     ))  # fmt: skip
     rd_rows = [
@@ -246,9 +249,13 @@ def _table2(ctx: _Context) -> Section | str:
     frob = ctx.data.frobenius
     if frob.empty:
         return "no trial logged analysis/frobenius.json"
+    frob = frob[frob["run_id"].isin(an.plain(ctx.data.ok)["run_id"])]
+    if frob.empty:
+        return "no plain (γ = 0, no filter) trial logged analysis/frobenius.json"
     sec = Section("table2", "Table 2: Frobenius-norm analysis of ΔW_q")
-    sec.text("Trials are split by their mean target distance into three equal-width segments of the observed "
-             "range (short / medium / long); each cell is the mean over the trials of that segment.")  # fmt: skip
+    sec.text("Plain trials only (γ = 0, no data filter), one table per model and method. Trials are split by "
+             "their mean target distance into three equal-width segments of the observed range (short / medium "
+             "/ long); each cell is the mean over the trials of that segment.")  # fmt: skip
     for key, part in frob.groupby(["model", "method"], dropna=False, sort=True):
         table, edges = an.frobenius_by_third(part, [k for k, _ in FROBENIUS_ROWS])
         if table.empty:
@@ -272,18 +279,20 @@ def _fig5(ctx: _Context) -> Section | str:
     features = ctx.data.features
     if not features:
         return "no trial logged analysis/features.npz"
-    model_of = dict(zip(ctx.data.trials["run_id"], ctx.data.trials["model"]))
+    plain = an.plain(ctx.data.ok)
+    model_of = {r: f"{an.fmt_value(m)} / {an.fmt_value(t)}" for r, m, t in zip(plain["run_id"], plain["model"], plain["method"])}
     by_model: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for run_id, feats in features.items():
-        by_model.setdefault(an.fmt_value(model_of.get(run_id)), {})[run_id] = feats
+        if run_id in model_of:
+            by_model.setdefault(model_of[run_id], {})[run_id] = feats
     by_model = {m: f for m, f in by_model.items() if sum(len(x["dist_old"]) for x in f.values()) >= 2}
     if not by_model:
-        return "fewer than 2 facts with logged features per model"
+        return "fewer than 2 facts with logged features per model and method in plain (γ = 0, no filter) trials"
     points = {model: an.feature_pca(feats) for model, feats in by_model.items()}
     path = figs.feature_pca(points, ctx.fig_dir / "fig5_feature_pca.png")
     sec = Section("fig5", "Figure 5: PCA of knowledge features by distance band")
-    sec.text("Last-layer hidden state of the final prompt token of each test fact, pooled over the trials of a "
-             f"model (at most {FEATURE_TRIALS_PER_MODEL} per model) and projected on its first 15 principal "
+    sec.text("Last-layer hidden state of the final prompt token of each test fact, pooled over the plain trials "
+             f"(γ = 0, no filter) of a model and method (at most {FEATURE_TRIALS_PER_MODEL} per model) and projected on its first 15 principal "
              "components. Spread = total variance of a band's points in that space; norm = mean distance from "
              "the centre; both per trial, then averaged over trials.")  # fmt: skip
     sec.blocks.append(ctx.figure("fig5", path, "Figure 5: features on PC1/PC2 by band, and variance per component."))
@@ -331,13 +340,22 @@ def _tables3_4(ctx: _Context) -> Section | str:
     trials = ok[ok["filter_mode"].fillna("none") == "none"]
     if trials["gamma"].nunique() < 2 or not (trials["gamma"] == 0).any():
         return "needs unfiltered trials at γ = 0 and at least one γ > 0"
-    metrics = [m for m in ("accuracy", "generality", "locality") if m in trials]
+    metrics = [m for m in ("accuracy", "generality", "locality", "locality_soft") if m in trials and trials[m].notna().any()]
     group = ["dataset", "model", "method", "k", *an.varying(trials, an.SETTING_COLUMNS)]
     levels, deltas = an.gamma_effect(trials, group, metrics)
     heads = [c if c in ("k", "lr") else c.capitalize() for c in group]
     rows = [[*(an.fmt_value(r[c]) for c in group), an.fmt_value(r["gamma"]), str(r["n_trials"]), *(_pct(r[m]) for m in metrics)]
             for _, r in levels.iterrows()]  # fmt: skip
     sec = Section("tables3_4", "Tables 3–4: re-weighted loss (γ) vs plain training")
+    optimizer = trials["optimizer"].fillna("adamw") if "optimizer" in trials else pd.Series("adamw", index=trials.index)
+    lone = trials[(trials["k"] == 1) & (optimizer == "adamw") & (trials["gamma"] > 0)]
+    if not lone.empty:
+        sec.text(f"Warning: {len(lone)} trials apply γ > 0 to a single fact under AdamW. AdamW cancels a constant "
+                 "factor on a lone fact's loss, so γ cannot change such a trial: their deltas are 0 by construction "
+                 "and say nothing about the re-weighted loss. Use multi-fact sets, or optimizer: sgd.")  # fmt: skip
+    sec.text("Locality is Eq. 8 (the tuned greedy answer equals the base one); soft locality is the mean of "
+             "1 − dist(base answer, tuned answer) over the unrelated prompts, so a change of answer style costs "
+             "less than a change of meaning.")  # fmt: skip
     sec.blocks.append(Table(
         "Tables 3–4. Accuracy, generality and locality (%) per γ: γ = 0 is the original training (Table 4), "
         "γ > 0 the re-weighted loss of Eq. 5 (Table 3). Mean over trials [95% bootstrap CI over trials].",

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 from raysem.data.facts import Fact
 from raysem.models.encoding import encode_targets, token_accuracy
-from raysem.models.generate import Answer, greedy_answers, target_token_count
+from raysem.models.generate import Answer, greedy_answers
 from raysem.models.loader import LoadedModel
 from raysem.semantics import metrics
 from raysem.semantics.embedding import AnswerEmbedder
@@ -27,9 +27,9 @@ def check_base(facts: Sequence[Fact], base: dict[str, BaseRecord]) -> None:
 
 
 def base_records(lm: LoadedModel, facts: Sequence[Fact], batch_size: int = 32) -> list[BaseRecord]:
-    """Greedy y_old for each fact (``max_new_tokens`` = target token count), its target distance,
-    and the base model's greedy outputs on the locality prompts (budget = reference answer tokens)."""
-    budgets = [target_token_count(lm, f.target) for f in facts]
+    """Greedy y_old for each fact (budget: ``LoadedModel.answer_budget``, by default the target's token
+    count), its target distance, and the base model's greedy outputs on the locality prompts."""
+    budgets = [lm.answer_budget(f.prompt, f.target) for f in facts]
     answers = _answers_by_kind(lm, facts, budgets, batch_size, None, kinds=("prompt", "locality"))
     old = [a["prompt"][0] for a in answers]
     dist = AnswerEmbedder.from_model(lm).distance([a.text for a in old], [f.target for f in facts])
@@ -40,7 +40,7 @@ def base_records(lm: LoadedModel, facts: Sequence[Fact], batch_size: int = 32) -
             "y_old_raw": a.raw,
             "dist_old": float(d),
             "target_tokens": budget,
-            "prompt_tokens": len(lm.tokenizer(lm.format_prompt(f.prompt), add_special_tokens=False).input_ids),
+            "prompt_tokens": len(lm.prompt_and_answer_ids(f.prompt, f.target)[0]),
             "y_old_empty": not a.text,
             "locality_base": [probe.text for probe in answers_of["locality"]],
         }
@@ -75,6 +75,12 @@ def evaluate_facts(
     def texts(i: int, kind: str) -> list[str]:
         return [a.text for a in answers[i][kind]]
 
+    pairs = [(i, t, b) for i, f in enumerate(facts) for t, b in zip(texts(i, "locality"), base[f.id]["locality_base"])]
+    local_dist = embedder.distance([t for _, t, _ in pairs], [b for _, _, b in pairs]) if pairs else []
+    by_fact: list[list[float]] = [[] for _ in facts]
+    for (i, _, _), d in zip(pairs, local_dist):
+        by_fact[i].append(float(d))
+
     records = []
     for i, f in enumerate(facts):
         b = base[f.id]
@@ -94,6 +100,7 @@ def evaluate_facts(
                 "token_accuracy": tok_acc[i],
                 "generality": metrics.mean_exact_match(texts(i, "rephrasing"), f.target, ignore_case),
                 "locality": metrics.locality(texts(i, "locality"), list(b["locality_base"])),
+                "locality_soft": metrics.soft_locality(texts(i, "locality"), list(b["locality_base"]), by_fact[i]),
                 "portability": sum(portability) / len(portability) if portability else math.nan,
                 "dist_old": d_old,
                 "dist_new": d_new,
@@ -138,11 +145,11 @@ def _answers_by_kind(
 
 
 def _questions(lm: LoadedModel, fact: Fact, budget: int, kind: str) -> list[tuple[str, int]]:
-    """A fact's questions of one kind with their answer budgets: ``budget`` (the target's token count)
-    for the prompt and rephrasings, the reference answer's token count (at least 1) for a probe."""
+    """A fact's questions of one kind with their answer budgets: ``budget`` (the fact's) for the prompt
+    and rephrasings, ``LoadedModel.answer_budget`` of the reference answer for a probe."""
     if kind == "prompt":
         return [(fact.prompt, budget)]
     if kind == "rephrasing":
         return [(q, budget) for q in fact.rephrasings]
     probes = fact.locality if kind == "locality" else fact.portability
-    return [(p.prompt, target_token_count(lm, p.answer) or 1) for p in probes]
+    return [(p.prompt, lm.answer_budget(p.prompt, p.answer)) for p in probes]

@@ -37,7 +37,9 @@ class FilterResult:
 
     ``trace`` has one entry per swap (step, removed, added, and the set's mean, var and objective
     after it); ``before``/``after`` hold mean, var and objective of the original and final set;
-    ``excluded_pool`` lists pool facts left out because their distance is undefined (empty answers).
+    ``excluded_pool`` lists pool facts left out because their distance is undefined (empty answers);
+    ``kept_undefined`` lists members of K without one, which ``replace_training_set`` keeps in the
+    training set untouched, outside the filter.
     """
 
     train_ids: list[str]
@@ -48,6 +50,7 @@ class FilterResult:
     removed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     excluded_pool: list[str] = field(default_factory=list)
+    kept_undefined: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,3 +313,37 @@ def random_filter(
         added=[t["added"] for t in trace],
         excluded_pool=excluded,
     )
+
+
+def replace_training_set(
+    mode: str,
+    train_ids: Sequence[str],
+    train_dist: Sequence[float],
+    pool_ids: Sequence[str],
+    pool_dist: Sequence[float],
+    *,
+    replace: float,
+    lam: float = 0.0,
+    mean_min: float | None = None,
+    mean_max: float | None = None,
+    seed: int = 0,
+) -> FilterResult:
+    """A trial's training set: K filtered by Eq. 4 (``mode="filter"``) or with members replaced at random
+    (``mode="random"``).
+
+    Members of K without a finite distance (an empty y_old) cannot be scored: they stay in the
+    training set as they are, outside the filter, and are listed in ``kept_undefined``; ρ applies to
+    the other members. Pool facts without one are left out (``excluded_pool``). Both modes treat them
+    alike, so filter and random trials stay paired.
+    """
+    if mode not in ("filter", "random"):
+        raise ValueError(f"filter mode must be 'filter' or 'random', got {mode!r}")
+    defined = [math.isfinite(d) for d in train_dist]
+    kept = [str(i) for i, ok in zip(train_ids, defined) if not ok]
+    ids = [i for i, ok in zip(train_ids, defined) if ok]
+    dist = [d for d, ok in zip(train_dist, defined) if ok]
+    if mode == "filter":
+        result = greedy_filter(ids, dist, pool_ids, pool_dist, replace=replace, lam=lam, mean_min=mean_min, mean_max=mean_max)
+    else:
+        result = random_filter(ids, dist, pool_ids, pool_dist, replace=replace, seed=seed, lam=lam)
+    return FilterResult(**{**asdict(result), "train_ids": [*result.train_ids, *kept], "kept_undefined": kept})

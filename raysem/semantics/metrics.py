@@ -1,4 +1,5 @@
-"""Per-fact metrics: exact match (Eq. 2), generality (Eq. 7), locality (Eq. 8), deviation, RD (Eq. 3), bad case.
+"""Per-fact metrics: exact match (Eq. 2), generality (Eq. 7), locality (Eq. 8) and a soft locality,
+deviation, RD (Eq. 3), bad case.
 
 Normalisation for exact match: strip, collapse runs of whitespace to one space; case is kept
 unless ``ignore_case`` is set.
@@ -42,8 +43,27 @@ def locality(tuned: Sequence[str], base: Sequence[str]) -> float:
     return sum(normalize_answer(t) == normalize_answer(b) for t, b in zip(tuned, base)) / len(tuned)
 
 
+def soft_locality(tuned: Sequence[str], base: Sequence[str], distances: Sequence[float]) -> float:
+    """Mean over unrelated prompts of ``1 - dist(base answer, tuned answer)`` (clipped to [0, 1]):
+    1 where the answers are equal (as in Eq. 8), 0 where exactly one is empty, so a change of style
+    ("The oldest …" → "John Adams") costs less than a change of meaning; NaN when there are none."""
+    if not len(tuned) == len(base) == len(distances):
+        raise ValueError(f"{len(tuned)} tuned outputs, {len(base)} base outputs, {len(distances)} distances")
+    if not tuned:
+        return math.nan
+    scores = []
+    for t, b, d in zip(tuned, base, distances):
+        if normalize_answer(t) == normalize_answer(b):
+            scores.append(1.0)
+        else:
+            scores.append(0.0 if math.isnan(d) else 1.0 - min(max(d, 0.0), 1.0))
+    return sum(scores) / len(scores)
+
+
 def deviation(dist_new: float, dist_old: float) -> bool:
-    """Away-from-target: dist(y_new, y_t) > dist(y_old, y_t). False when either is undefined."""
+    """Away-from-target: dist(y_new, y_t) > dist(y_old, y_t). False when either is undefined: an empty
+    y_new is a bad case whose deviation cannot be measured; records carry ``y_new_empty`` and the
+    report counts such cases apart (Table 1)."""
     if math.isnan(dist_new) or math.isnan(dist_old):
         return False
     return dist_new > dist_old + DIST_EPS

@@ -33,6 +33,7 @@ import raysem
 from raysem.data.facts import Fact, FactSet, facts_sha256
 from raysem.errors import SpecError
 from raysem.models.loader import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load_model
+from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
 from raysem.paths import cache_dir
 from raysem.semantics.evaluate import BaseRecord, base_records
 
@@ -94,10 +95,21 @@ def _require_facts(facts: FactSet) -> FactSet:
     return facts
 
 
-def table_key(model: str | LoadedModel, facts: FactSet) -> str:
-    """sha256 of (model, dataset sha256, the facts used, their count, decoding settings, raysem version)."""
+def prompting_of(model: str | LoadedModel, prompting: Prompting | None = None) -> Prompting:
+    """The prompting a table is computed under: a loaded model's own, else ``prompting`` (default: raysem's)."""
+    if isinstance(model, LoadedModel):
+        if prompting is not None and prompting != model.prompting:
+            raise ValueError(f"prompting {prompting} differs from the loaded model's {model.prompting}")
+        return model.prompting
+    return prompting or Prompting()
+
+
+def table_key(model: str | LoadedModel, facts: FactSet, prompting: Prompting | None = None) -> str:
+    """sha256 of (model, prompt style and answer budget, dataset sha256, the facts used, their count,
+    decoding settings, raysem version)."""
     payload = {
         "model": model_identity(model),
+        **prompting_of(model, prompting).key(),
         "dataset_sha256": facts.sha256,
         "facts_sha256": facts_sha256(facts.facts),
         "limit": len(facts.facts),
@@ -111,16 +123,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "x"
 
 
-def table_path(model: str | LoadedModel, facts: FactSet) -> Path:
-    """Where the table of ``facts`` under ``model`` lives in the cache."""
+def table_path(model: str | LoadedModel, facts: FactSet, prompting: Prompting | None = None) -> Path:
+    """Where the table of ``facts`` under ``model`` (and its prompting) lives in the cache."""
     name = Path(model_identity(model)).name
-    return cache_dir("distances") / f"{_slug(facts.name)}-{_slug(name)}-{table_key(model, facts)[:16]}.parquet"
+    return cache_dir("distances") / f"{_slug(facts.name)}-{_slug(name)}-{table_key(model, facts, prompting)[:16]}.parquet"
 
 
-def _metadata(model: str | LoadedModel, facts: FactSet, seconds: float, how: str) -> dict[str, Any]:
+def _metadata(model: str | LoadedModel, facts: FactSet, prompting: Prompting | None, seconds: float, how: str) -> dict[str, Any]:
     return {
-        "key": table_key(model, facts),
+        "key": table_key(model, facts, prompting),
         "model": model_identity(model),
+        **prompting_of(model, prompting).key(),
         "dataset": facts.name,
         "dataset_format": facts.format,
         "dataset_sha256": facts.sha256,
@@ -223,19 +236,22 @@ def distance_table(
     batch_size: int = 32,
     refresh: bool = False,
     progress: bool = True,
+    prompting: Prompting | None = None,
 ) -> tuple[pd.DataFrame, Path]:
     """The target-distance table of ``dataset`` under ``model`` (a name/path, or an already loaded base
-    model), read from the cache when present (unless ``refresh``), computed in-process otherwise."""
+    model) and ``prompting`` (a loaded model's own), read from the cache when present (unless
+    ``refresh``), computed in-process otherwise."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     facts = _require_facts(resolve_facts(dataset, limit))
-    path = table_path(model, facts)
+    prompting = prompting_of(model, prompting)
+    path = table_path(model, facts, prompting)
     if path.is_file() and not refresh:
         return load_distance_table(path), path
     start = time.perf_counter()
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, prompting=prompting)
     frame = _compute_in_process(lm, facts.facts, batch_size, progress)
-    write_table(frame, path, _metadata(model, facts, time.perf_counter() - start, "in-process"))
+    write_table(frame, path, _metadata(model, facts, prompting, time.perf_counter() - start, "in-process"))
     return load_distance_table(path), path
 
 
@@ -284,6 +300,13 @@ class DistanceTableSpec(BaseModel):
     limit: int | None = Field(None, ge=1, description="use only the first N facts")
     batch_size: int = Field(32, ge=1, le=4096, description="facts per batch (and per decoding batch)")
     actors: int = Field(1, ge=1, le=1024, description="model-holding actors in the Ray Data pool")
+    prompt_style: PromptStyle = Field(DEFAULT_PROMPT_STYLE, description="chat or fewshot (raysem.models.prompts)")
+    answer_budget: AnswerBudget = Field("target", description="target (the reference's token count) or free")
+    free_tokens: int = Field(24, ge=1, description="answer budget under answer_budget: free")
+
+    @property
+    def prompting(self) -> Prompting:
+        return Prompting(self.prompt_style, self.answer_budget, self.free_tokens)
 
 
 def load_spec(path: str | Path) -> DistanceTableSpec:
@@ -307,8 +330,8 @@ def load_spec(path: str | Path) -> DistanceTableSpec:
 class BaseRecordsActor:
     """Ray Data callable class: loads the model once, then turns batches of facts into table rows."""
 
-    def __init__(self, model: str, batch_size: int) -> None:
-        self.lm = load_model(model)
+    def __init__(self, model: str, batch_size: int, prompting: Prompting) -> None:
+        self.lm = load_model(model, prompting=prompting)
         self.batch_size = batch_size
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -327,6 +350,7 @@ def distance_table_ray(
     batch_size: int = 32,
     actors: int = 1,
     refresh: bool = False,
+    prompting: Prompting | None = None,
 ) -> tuple[pd.DataFrame, Path]:
     """``distance_table`` as a Ray Data job: ``from_items`` of the facts, ``map_batches`` over a pool
     of ``actors`` model-holding actors, rows gathered and written to the same cache file.
@@ -336,7 +360,8 @@ def distance_table_ray(
     import ray
 
     facts = _require_facts(resolve_facts(dataset, limit))
-    path = table_path(model, facts)
+    prompting = prompting_of(model, prompting)
+    path = table_path(model, facts, prompting)
     if path.is_file() and not refresh:
         return load_distance_table(path), path
     if not ray.is_initialized():
@@ -347,7 +372,7 @@ def distance_table_ray(
         ray.data.from_items(items)
         .map_batches(
             BaseRecordsActor,
-            fn_constructor_kwargs={"model": model, "batch_size": batch_size},
+            fn_constructor_kwargs={"model": model, "batch_size": batch_size, "prompting": prompting},
             batch_size=batch_size,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -360,5 +385,5 @@ def distance_table_ray(
     rows = rows.sort_values("index").reset_index(drop=True)
     rows["locality_base"] = [json.loads(text) for text in rows["locality_base"]]
     frame = _frame(rows[list(COLUMNS)].to_dict("records"))
-    write_table(frame, path, _metadata(model, facts, time.perf_counter() - start, f"ray-data ({actors} actors)"))
+    write_table(frame, path, _metadata(model, facts, prompting, time.perf_counter() - start, f"ray-data ({actors} actors)"))
     return load_distance_table(path), path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysem.errors import SpecError
 from raysem.models.loader import DEFAULT_MODEL
+from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
 from raysem.training.config import METHODS, TrialConfig
 
 STUDY_KINDS = (
@@ -19,6 +21,10 @@ STUDY_KINDS = (
 )  # fmt: skip
 FILTER_FIELDS = ("filter_mode", "filter_lambda", "replace", "mean_min", "mean_max")
 SAMPLING_FIELDS = ("k",)
+
+
+class GammaNoOpWarning(UserWarning):
+    """A spec sweeps γ where it cannot act (single facts under AdamW)."""
 
 
 class Dimension(BaseModel):
@@ -128,6 +134,9 @@ class StudySpec(BaseModel):
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     kind: Literal[STUDY_KINDS] = "quick"  # type: ignore[valid-type]
     model: str = DEFAULT_MODEL
+    prompt_style: PromptStyle = Field(DEFAULT_PROMPT_STYLE, description="chat or fewshot, for training and every answer")
+    answer_budget: AnswerBudget = Field("target", description="target: the reference's token count; free: free_tokens")
+    free_tokens: int = Field(24, ge=1, description="answer budget under answer_budget: free (cut at the first newline)")
     dataset: str = "worldfacts"
     data_limit: int | None = Field(None, ge=1, description="use only the first N facts of the dataset")
     sampling: Sampling = Sampling()
@@ -168,7 +177,31 @@ class StudySpec(BaseModel):
                 raise ValueError(f"grid search needs grid/choice dimensions; {bad} are distributions")
         if self.search.algorithm == "optuna" and any(d.grid is not None for d in self.sweep.values()):
             raise ValueError("optuna search takes choice/uniform/loguniform/randint dimensions, not grid")
+        gammas = [self.trial.get("gamma", 0.0), *(self.sweep["gamma"].values() if "gamma" in self.sweep else [])]
+        optimizers = [self.trial.get("optimizer", "adamw"), *(self.sweep["optimizer"].values() if "optimizer" in self.sweep else [])]
+        if 1 in self.ks() and "adamw" in optimizers and any(g > 0 for g in gammas):
+            warnings.warn(
+                f"{self.name}: γ > 0 on single-fact (k = 1) AdamW trials changes nothing: AdamW cancels a constant "
+                "factor on a lone fact's loss. Compare γ on multi-fact sets, or set trial.optimizer: sgd.",
+                GammaNoOpWarning,
+                stacklevel=2,
+            )
+        if 1 in self.ks() and self.filters():
+            raise ValueError(
+                "filter settings with k = 1: the data filter replaces members of a multi-fact training set, and "
+                "replacing a single fact would train on another fact than the one tested; use k > 1 or drop "
+                "filter / sweep.filter_mode"
+            )
         return self
+
+    def filters(self) -> bool:
+        """Whether any trial of the study filters or randomly replaces its training set."""
+        modes = {self.filter.filter_mode, *(self.sweep["filter_mode"].values() if "filter_mode" in self.sweep else [])}
+        return modes != {"none"}
+
+    @property
+    def prompting(self) -> Prompting:
+        return Prompting(self.prompt_style, self.answer_budget, self.free_tokens)
 
     @property
     def experiment(self) -> str:

@@ -91,6 +91,7 @@ def trial_params(spec: StudySpec, point: dict[str, Any], sampling: int, k: int, 
         "sampling": sampling,
         "dataset": spec.dataset,
         "model": spec.model,
+        **spec.prompting.key(),
         "study_kind": spec.kind,
         "group": group,
     }
@@ -110,13 +111,14 @@ class StudyContext:
 _WORKER: dict[str, Any] = {}
 
 
-def _resident(model: str):
-    """The worker's resident base model (loaded once per worker process)."""
+def _resident(spec: StudySpec):
+    """The worker's resident base model under the study's prompting (loaded once per worker process)."""
     from raysem.training.trial import ResidentModel
 
-    if _WORKER.get("model_name") != model:
-        _WORKER["resident"] = ResidentModel(model)
-        _WORKER["model_name"] = model
+    key = (spec.model, spec.prompting)
+    if _WORKER.get("key") != key:
+        _WORKER["resident"] = ResidentModel(spec.model, prompting=spec.prompting)
+        _WORKER["key"] = key
     return _WORKER["resident"]
 
 
@@ -124,23 +126,27 @@ def _failed_result(key: str, cfg_dump: dict[str, Any], train: list[Fact], test: 
     return TrialResult(key, cfg_dump, [f.id for f in train], [f.id for f in test], [], {"failed": 1.0}, [], {"error": error})
 
 
-def _training_set(spec: StudySpec, point: dict[str, Any], test: list[Fact], facts: list[Fact], table: pd.DataFrame, seed: int) -> list[Fact]:
-    """The training facts: the sampled set itself, or the set after the data filter / random replacement."""
-    from raysem.semantics.filter import greedy_filter, random_filter
+def _training_set(
+    spec: StudySpec, point: dict[str, Any], test: list[Fact], facts: list[Fact], table: pd.DataFrame, seed: int
+) -> tuple[list[Fact], dict[str, float]]:
+    """The training facts (the sampled set itself, or the set after the data filter / random replacement)
+    and what the filter had to leave alone: ``filter_kept_undefined`` members of K and
+    ``filter_pool_excluded`` pool facts without a target distance (empty y_old)."""
+    from raysem.semantics.filter import replace_training_set
 
     filt = {**spec.filter.model_dump(), **{f: point[f] for f in FILTER_FIELDS if f in point}}
     if filt["filter_mode"] == "none" or not filt["replace"]:
-        return test
+        return test, {}
     dist = dict(zip(table["fact_id"], table["dist_old"]))
     chosen = {f.id for f in test}
     pool = [f.id for f in facts if f.id not in chosen and f.id in dist]
-    args = ([f.id for f in test], [dist[f.id] for f in test], pool, [dist[i] for i in pool])
-    if filt["filter_mode"] == "filter":
-        result = greedy_filter(*args, replace=filt["replace"], lam=filt["filter_lambda"], mean_min=filt["mean_min"], mean_max=filt["mean_max"])
-    else:
-        result = random_filter(*args, replace=filt["replace"], seed=seed)
+    result = replace_training_set(
+        filt["filter_mode"], [f.id for f in test], [dist[f.id] for f in test], pool, [dist[i] for i in pool],
+        replace=filt["replace"], lam=filt["filter_lambda"], mean_min=filt["mean_min"], mean_max=filt["mean_max"], seed=seed,
+    )  # fmt: skip
     by_id = {f.id: f for f in facts}
-    return [by_id[i] for i in result.train_ids]
+    counts = {"filter_kept_undefined": float(len(result.kept_undefined)), "filter_pool_excluded": float(len(result.excluded_pool))}
+    return [by_id[i] for i in result.train_ids], counts
 
 
 def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
@@ -173,24 +179,25 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
 
     results: list[tuple[str, int, Any, TrialResult, str | None]] = []
     if todo and packs(spec, point):
-        resident = _resident(spec.model)
+        resident = _resident(spec)
         packed = run_packed_trials(resident.lm, [t[3][0] for t in todo], [t[2] for t in todo], base, resident.embedder, trial_ids=[t[0] for t in todo])
         for (key, s, cfg, _), result in zip(todo, packed):
             results.append((key, s, cfg, result, result.analysis.get("error")))
     else:
         for key, s, cfg, test in todo:
             try:
-                train = _training_set(spec, point, test, facts, context.table, base_seed + s)
+                train, filter_counts = _training_set(spec, point, test, facts, context.table, base_seed + s)
                 if cfg.method == "full":
                     result = run_full_finetune(
                         spec.model, train, test, base, cfg,
                         use_gpu=spec.resources.gpu > 0 or "GPU" in spec.resources.full_ft_worker,
                         resources_per_worker=spec.resources.full_ft_worker or None,
                         storage_path=str(Path(spec.storage_path).resolve()), trial_id=key,
-                        wait_for_resources=spec.resources.expect_autoscaling,
+                        wait_for_resources=spec.resources.expect_autoscaling, prompting=spec.prompting,
                     )  # fmt: skip
                 else:
-                    result = run_trial(_resident(spec.model), train, test, base, cfg, trial_id=key, analyses=spec.analyses)
+                    result = run_trial(_resident(spec), train, test, base, cfg, trial_id=key, analyses=spec.analyses)
+                result.aggregates.update(filter_counts)
                 results.append((key, s, cfg, result, None))
             except (RuntimeError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -241,8 +248,7 @@ def study_facts(spec: StudySpec) -> tuple[FactSet, list[Fact]]:
     from raysem.data.sampling import sample_fact_sets
 
     factset = load_facts(spec.dataset, limit=spec.data_limit)
-    modes = {spec.filter.filter_mode, *(spec.sweep["filter_mode"].values() if "filter_mode" in spec.sweep else [])}
-    if modes != {"none"}:
+    if spec.filters():
         return factset, factset.facts
     used: dict[str, Fact] = {}
     for k in spec.ks():
@@ -317,7 +323,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     study_dir = storage / spec.name
     pending = storage / "pending" / spec.name
     factset, needed = study_facts(spec)
-    table, _ = distance_table(spec.model, FactSet(factset.name, factset.format, needed, factset.sha256))
+    table, _ = distance_table(spec.model, FactSet(factset.name, factset.format, needed, factset.sha256), prompting=spec.prompting)
     tags = tracking.study_tags(spec.kind, spec.model, factset.sha256, tracking.git_commit(Path(__file__).parent))
 
     parent_file = study_dir / "parent_run_id"

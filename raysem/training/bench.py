@@ -42,7 +42,6 @@ from torch import nn
 
 from raysem.data.datasets import load_facts
 from raysem.data.facts import Fact
-from raysem.models.generate import target_token_count
 from raysem.models.loader import DEFAULT_MODEL, LoadedModel, load_model
 from raysem.training.config import TrialConfig
 from raysem.training.packed import DEFAULT_PACK_SIZE, is_target_module, run_packed_trials
@@ -158,9 +157,9 @@ def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig) -> float:
     def n_prompt(question: str) -> int:
         return len(lm.tokenizer(lm.format_prompt(question), add_special_tokens=False).input_ids)
 
-    target = target_token_count(lm, fact.target)
+    target = lm.answer_budget(fact.prompt, fact.target)
     tokens = n_prompt(fact.prompt) + target
-    probes = [(p.prompt, target_token_count(lm, p.answer) or 1) for p in (*fact.locality, *fact.portability)]
+    probes = [(p.prompt, lm.answer_budget(p.prompt, p.answer)) for p in (*fact.locality, *fact.portability)]
     base = shape.generate(n_prompt(fact.prompt), target, lora=False)
     base += sum(shape.generate(n_prompt(q), b, lora=False) for q, b in probes[: len(fact.locality)])
     train = cfg.steps * shape.train_step(tokens, target)

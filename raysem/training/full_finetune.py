@@ -20,6 +20,7 @@ from torch import nn
 from raysem.data.facts import Fact
 from raysem.models.encoding import encode_targets, target_logits
 from raysem.models.loader import LoadedModel, load_model
+from raysem.models.prompts import Prompting
 from raysem.semantics.embedding import AnswerEmbedder
 from raysem.semantics.evaluate import BaseRecord, check_base
 from raysem.semantics.loss import reweighted_loss
@@ -88,7 +89,7 @@ def deepspeed_config(cfg: TrialConfig, world_size: int, batch_size: int, bf16: b
     }
 
 
-def _gathered_model(engine: Any, model: str, rank: int, device: torch.device | None) -> LoadedModel | None:
+def _gathered_model(engine: Any, model: str, prompting: Prompting, rank: int, device: torch.device | None) -> LoadedModel | None:
     """ZeRO-3 partitions the weights: gather them (a collective), free the engine, and load them into a
     fresh copy on rank 0 (on ``device`` in bf16 when training ran on a GPU)."""
     import deepspeed
@@ -102,10 +103,10 @@ def _gathered_model(engine: Any, model: str, rank: int, device: torch.device | N
     if rank != 0:
         return None
     if device is None:
-        tuned = load_model(model)
+        tuned = load_model(model, prompting=prompting)
     else:
         torch.cuda.empty_cache()
-        tuned = load_model(model, dtype=torch.bfloat16, device=str(device))
+        tuned = load_model(model, dtype=torch.bfloat16, device=str(device), prompting=prompting)
     names = set(dict(tuned.model.named_parameters()))
     if names != set(state):
         raise RuntimeError(f"gathered weights do not match {model}: {sorted(names ^ set(state))[:5]}")
@@ -148,7 +149,7 @@ def _train_worker(config: dict[str, Any]) -> TrialResult | _Diverged | None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
-    lm = load_model(config["model"])
+    lm = load_model(config["model"], prompting=config["prompting"])
     embedder = AnswerEmbedder.from_model(lm, copy=True) if rank == 0 else None
     device = ray.train.torch.get_device() if config["use_gpu"] else None
     if device is not None:
@@ -181,7 +182,7 @@ def _train_worker(config: dict[str, Any]) -> TrialResult | _Diverged | None:
         loss_curve.append(value)
         tokens += batch_tokens(batch_facts, base)
     engine.eval()
-    tuned = _gathered_model(engine, config["model"], rank, device) if cfg.zero_stage == 3 else lm
+    tuned = _gathered_model(engine, config["model"], config["prompting"], rank, device) if cfg.zero_stage == 3 else lm
     if rank != 0:
         return None
     return finish_trial(
@@ -214,6 +215,7 @@ def run_full_finetune(
     storage_path: str | None = None,
     trial_id: str = "",
     wait_for_resources: bool = False,
+    prompting: Prompting | None = None,
 ) -> TrialResult:
     """Fine-tune every weight of ``model`` on ``train_facts`` with DeepSpeed ZeRO on ``cfg.num_workers``
     Ray Train workers, then evaluate ``test_facts``; the records follow ``raysem.training.results.RECORD_FIELDS``.
@@ -258,6 +260,7 @@ def run_full_finetune(
         _train_worker,
         train_loop_config={
             "model": model,
+            "prompting": prompting or Prompting(),
             "train_facts": list(train_facts),
             "test_facts": list(test_facts),
             "base": {f.id: base[f.id] for f in [*train_facts, *test_facts]},

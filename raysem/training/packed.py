@@ -355,7 +355,7 @@ def default_trial_id(fact: Fact, cfg: TrialConfig) -> str:
 def _failed_aggregates(base: BaseRecord) -> dict[str, float]:
     """What a failed single-fact trial still knows: its one fact's target distance."""
     dist = float(base["dist_old"])
-    return {"n_facts": 1.0, "dist_mean": dist, "dist_var": 0.0 if math.isfinite(dist) else math.nan}
+    return {"n_facts": 1.0, "dist_mean": dist, "dist_var": 0.0 if math.isfinite(dist) else math.nan, "dist_undefined": float(not math.isfinite(dist))}
 
 
 def run_packed_trials(

@@ -10,7 +10,7 @@ import numpy as np
 
 RECORD_FIELDS: tuple[str, ...] = (
     "fact_id", "prompt", "target", "y_old", "y_old_raw", "y_new", "y_new_raw",
-    "exact_match", "token_accuracy", "generality", "locality", "portability",
+    "exact_match", "token_accuracy", "generality", "locality", "locality_soft", "portability",
     "dist_old", "dist_new", "deviation", "rd", "bad_case", "y_new_empty",
 )  # fmt: skip
 
@@ -33,14 +33,17 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, float]:
         "token_accuracy": _nanmean([r["token_accuracy"] for r in records]),
         "generality": _nanmean([r["generality"] for r in records]),
         "locality": _nanmean([r["locality"] for r in records]),
+        "locality_soft": _nanmean([r["locality_soft"] for r in records]),
         "portability": _nanmean([r["portability"] for r in records]),
         "deviation_rate": float(np.mean([r["deviation"] for r in records])),
         "rd_mean": _nanmean(rd),
         "rd_undefined": float(sum(math.isnan(v) for v in rd)),
         "bad_case_rate": len(bad) / len(records),
         "deviation_among_bad": (sum(r["deviation"] for r in bad) / len(bad)) if bad else math.nan,
+        "empty_among_bad": (sum(bool(r["y_new_empty"]) for r in bad) / len(bad)) if bad else math.nan,
         "dist_mean": float(np.nanmean(dist_old)) if not np.isnan(dist_old).all() else math.nan,
         "dist_var": float(np.nanvar(dist_old)) if not np.isnan(dist_old).all() else math.nan,
+        "dist_undefined": float(np.isnan(dist_old).sum()),
         "empty_old": float(np.isnan(dist_old).sum()),
         "empty_new": float(sum(bool(r["y_new_empty"]) for r in records)),
     }

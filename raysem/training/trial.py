@@ -23,6 +23,7 @@ from torch import nn
 from raysem.data.facts import Fact
 from raysem.models.encoding import encode_targets, target_logits
 from raysem.models.loader import DEFAULT_MODEL, LoadedModel, load_model
+from raysem.models.prompts import Prompting
 from raysem.semantics.embedding import AnswerEmbedder
 from raysem.semantics.evaluate import BaseRecord, base_records, check_base, evaluate_facts
 from raysem.semantics.loss import reweighted_loss
@@ -53,10 +54,17 @@ class ResidentModel:
     """
 
     def __init__(
-        self, model: str | LoadedModel = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str | None = None
+        self,
+        model: str | LoadedModel = DEFAULT_MODEL,
+        dtype: torch.dtype = torch.float32,
+        device: str | None = None,
+        prompting: Prompting | None = None,
     ) -> None:
-        """``model`` is a loaded model or a name/path for :func:`raysem.models.loader.load_model` (loaded once, here)."""
-        self.lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
+        """``model`` is a loaded model (with its prompting) or a name/path for
+        :func:`raysem.models.loader.load_model` (loaded once, here, with ``prompting``)."""
+        if isinstance(model, LoadedModel) and prompting is not None and prompting != model.prompting:
+            raise ValueError(f"prompting {prompting} differs from the loaded model's {model.prompting}")
+        self.lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device, prompting=prompting)
         self.embedder = AnswerEmbedder.from_model(self.lm, copy=True)
 
     def base_records(self, facts: Sequence[Fact]) -> dict[str, BaseRecord]:
@@ -177,7 +185,8 @@ def finish_trial(
     """Evaluate the tuned model in ``lm`` on the test facts and assemble the trial's result.
 
     Aggregates are :func:`raysem.training.results.aggregate` of the test records, with ``dist_mean`` /
-    ``dist_var`` taken over the TRAINING facts' target distances, plus ``steps``, ``tokens``,
+    ``dist_var`` taken over the TRAINING facts' defined target distances (``dist_undefined``: how many
+    training facts had none, an empty y_old), plus ``steps``, ``tokens``,
     ``final_loss`` and ``wall_s`` (seconds since ``started``, a ``time.perf_counter()`` value).
     """
     records = evaluate_facts(lm, test_facts, base, embedder, ignore_case=cfg.ignore_case)
@@ -187,6 +196,7 @@ def finish_trial(
     aggregates.update(
         dist_mean=float(finite.mean()) if finite.size else math.nan,
         dist_var=float(finite.var()) if finite.size else math.nan,
+        dist_undefined=float(train_dist.size - finite.size),
         steps=float(len(loss_curve)),
         tokens=float(tokens),
         final_loss=float(loss_curve[-1]) if len(loss_curve) else math.nan,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from raysem.cli.data import data_app
 from raysem.data import datasets
-from raysem.data.datasets import SkippedRecordWarning, load_facts
+from raysem.data.datasets import IncompleteRecordWarning, SkippedRecordWarning, load_facts
 from raysem.data.facts import DatasetError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -247,6 +247,113 @@ def test_nested_knowedit_field_is_named(tmp_path):
         load_facts(write_json(tmp_path / "k.json", records))
 
 
+def knowedit_records() -> list[dict]:
+    return json.loads((FIXTURES / "knowedit_small.json").read_text())
+
+
+@pytest.mark.parametrize("blank", ["", "  ", None])
+def test_knowedit_locality_probe_without_ground_truth_loads_with_one_warning(tmp_path, blank):
+    records = knowedit_records()
+    probe = records[1]["locality"]["Forgetfulness"][0]
+    if blank is None:
+        del probe["ground_truth"]
+    else:
+        probe["ground_truth"] = blank
+    path = write_json(tmp_path / "knowedit_x.json", records)
+    with pytest.warns(IncompleteRecordWarning) as caught:
+        facts = load_facts(path).facts
+    assert len(facts) == 3
+    assert [(p.prompt, p.answer) for p in facts[1].locality] == [
+        ("The gender of Frederic Piesch is", "male"),
+        (probe["prompt"], ""),
+    ]
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"{path}: 1 locality probe(s) in 1 record(s) have an empty or missing ground_truth;")
+    assert "Eq. 8" in message
+
+
+def test_blank_fields_are_counted_in_one_warning_per_field(tmp_path):
+    records = knowedit_records()
+    for record in records[:2]:
+        for probe in record["locality"]["Relation_Specificity"]:
+            probe["ground_truth"] = ""
+    records[0]["subject"] = ""
+    with pytest.warns(IncompleteRecordWarning) as caught:
+        facts = load_facts(write_json(tmp_path / "k.json", records)).facts
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert any("3 locality probe(s) in 2 record(s) have an empty or missing ground_truth;" in m for m in messages)
+    assert any("1 record(s) have an empty or missing subject; no metric reads the subject" in m for m in messages)
+    assert facts[0].subject == ""
+
+
+def test_mend_formats_accept_blank_fields_no_metric_reads(tmp_path):
+    zsre = zsre_records()
+    zsre[0]["loc_ans"], zsre[1]["answers"], zsre[2]["subject"] = "", [""], " "
+    with pytest.warns(IncompleteRecordWarning) as caught:
+        facts = load_facts(write_json(tmp_path / "z.json", zsre)).facts
+    assert (facts[0].locality[0].answer, facts[1].true_answer, facts[2].subject) == ("", None, "")
+    assert len(caught) == 3 and all("1 record(s)" in str(w.message) for w in caught)
+    cf = dict(CF_MEND_RECORD)
+    del cf["locality_ground_truth"], cf["ground_truth"]
+    with pytest.warns(IncompleteRecordWarning) as caught:
+        fact = load_facts(write_json(tmp_path / "cf.json", [cf])).facts[0]
+    assert (fact.locality[0].answer, fact.true_answer) == ("", None)
+    assert sorted(str(w.message).split(": ", 1)[1].split(";")[0] for w in caught) == [
+        "1 locality probe(s) in 1 record(s) have an empty or missing locality_ground_truth",
+        "1 record(s) have an empty or missing ground_truth",
+    ]
+
+
+def test_rome_blank_true_answer_blanks_the_neighborhood_answers(tmp_path):
+    records = json.loads((FIXTURES / "counterfact_rome_small.json").read_text())
+    records[0]["requested_rewrite"]["target_true"]["str"] = ""
+    blank = r"1 record\(s\) have an empty or missing requested_rewrite\.target_true\.str"
+    with pytest.warns(IncompleteRecordWarning, match=blank):
+        fact = load_facts(write_json(tmp_path / "rome.json", records)).facts[0]
+    assert fact.true_answer is None and {p.answer for p in fact.locality} == {""}
+
+
+def test_skipped_records_are_not_counted_as_blank(tmp_path):
+    records = knowedit_records()
+    records[0]["locality"]["Relation_Specificity"][0]["ground_truth"] = ""
+    records[0]["target_new"] = ""
+    records[1]["locality"]["Forgetfulness"][0]["ground_truth"] = ""
+    with pytest.warns(UserWarning) as caught:
+        facts = load_facts(write_json(tmp_path / "k.json", records), skip_invalid=True).facts
+    assert len(facts) == 2
+    blank = [str(w.message) for w in caught if isinstance(w.message, IncompleteRecordWarning)]
+    assert len(blank) == 1 and "1 locality probe(s) in 1 record(s)" in blank[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "keys"),
+    [
+        ("target_new", ("target_new",)),
+        ("portability.Subject_Aliasing[0].ground_truth", ("portability", "Subject_Aliasing", 0, "ground_truth")),
+        ("locality.Forgetfulness[0].prompt", ("locality", "Forgetfulness", 0, "prompt")),
+    ],
+)
+def test_knowedit_fields_metrics_read_must_not_be_empty(tmp_path, field, keys):
+    records = knowedit_records()
+    node = records[1]
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = ""
+    path = write_json(tmp_path / "k.json", records)
+    with pytest.raises(DatasetError) as err:
+        load_facts(path)
+    assert str(err.value) == f"{path}: record 1: field '{field}': is empty (value: \"\")"
+
+
+def test_zsre_portability_answer_must_not_be_empty(tmp_path):
+    records = zsre_records()
+    records[2]["portability"] = {"New Question": "Who makes uniforms?", "New Answer": ""}
+    with pytest.raises(DatasetError, match=r"record 2: field 'portability\.New Answer': is empty"):
+        load_facts(write_json(tmp_path / "z.json", records))
+
+
 def test_non_list_top_level_and_empty_list(tmp_path):
     with pytest.raises(DatasetError, match="top level must be a JSON list"):
         load_facts(write_json(tmp_path / "obj.json", {"data": []}))
@@ -332,6 +439,15 @@ def test_cli_show_table_mentions_count_and_format():
     result = CliRunner().invoke(data_app, ["show", str(FIXTURES / "counterfact_rome_small.json")])
     assert result.exit_code == 0
     assert "3 facts" in result.stdout and "counterfact-rome" in result.stdout
+
+
+def test_cli_show_loads_a_knowedit_file_with_an_empty_locality_answer(tmp_path):
+    records = knowedit_records()
+    records[0]["locality"]["Relation_Specificity"][1]["ground_truth"] = ""
+    result = CliRunner().invoke(data_app, ["show", str(write_json(tmp_path / "knowedit_x.json", records)), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["count"] == 3
+    assert "warning: " in result.stderr and "1 locality probe(s) in 1 record(s)" in result.stderr
 
 
 def test_cli_show_errors_exit_2_without_traceback(tmp_path):

@@ -77,7 +77,9 @@ def test_second_call_reads_the_cache(tiny, tiny_model_dir, zsre6, home):
     frame, path = distance_table(str(tiny_model_dir), zsre6, batch_size=4, progress=False)
     assert path.parent == home / "distances" and len(frame) == 6
     assert frame.attrs["raysem"]["facts"] == 6 and frame.attrs["raysem"]["dataset_sha256"] == zsre6.sha256
-    _assert_same_records(base_lookup(frame), base_records(tiny, zsre6.facts))
+    direct = base_records(tiny, zsre6.facts)
+    assert sum(bool(r["y_old"]) for r in direct) >= 3, "compare tables of real (non-empty) answers"
+    _assert_same_records(base_lookup(frame), direct)
 
     start = time.perf_counter()
     again, again_path = distance_table(str(tiny_model_dir), zsre6, batch_size=4, progress=False)
@@ -89,6 +91,24 @@ def test_second_call_reads_the_cache(tiny, tiny_model_dir, zsre6, home):
     assert distance_table(tiny, str(shared_file(ZSRE)), limit=6, progress=False)[1] == path
     other = distance_table(str(tiny_model_dir), zsre6.facts[:5], progress=False)[1]
     assert other != path and other.is_file()
+
+
+def test_prompting_is_part_of_the_key_and_the_metadata(tiny, tiny_model_dir, zsre6, home):
+    import dataclasses
+
+    from raysem.models.prompts import Prompting
+
+    facts = zsre6.facts[:3]
+    few, few_path = distance_table(str(tiny_model_dir), facts, progress=False)
+    chat, chat_path = distance_table(str(tiny_model_dir), facts, progress=False, prompting=Prompting("chat"))
+    assert few_path != chat_path
+    assert (few.attrs["raysem"]["prompt_style"], chat.attrs["raysem"]["prompt_style"]) == ("fewshot", "chat")
+    assert chat.attrs["raysem"]["answer_budget"] == "target"
+    assert list(chat["y_old"]) != list(few["y_old"])
+    chat_lm = dataclasses.replace(tiny, prompting=Prompting("chat"))
+    assert distance_table(chat_lm, facts, progress=False)[1] == chat_path, "a loaded model brings its own prompting"
+    with pytest.raises(ValueError, match="differs from the loaded model"):
+        distance_table(chat_lm, facts, progress=False, prompting=Prompting("fewshot"))
 
 
 def test_refresh_recomputes(tiny_model_dir, zsre6, home):
@@ -193,13 +213,14 @@ def test_cli_distances_json_and_out(home, tmp_path):
 
 
 def test_cli_distances_without_defined_distances(tiny_model_dir, home):
-    # The tiny random model answers with blank lines only: every distance is undefined.
+    # Under the chat template the tiny random model answers with blank lines only: every distance is undefined.
     runner = CliRunner()
-    result = runner.invoke(semantic_app, ["distances", str(shared_file(ZSRE)), "--model", str(tiny_model_dir), "--limit", "3", "--json"])
+    args = ["distances", str(shared_file(ZSRE)), "--model", str(tiny_model_dir), "--limit", "3", "--prompt-style", "chat"]
+    result = runner.invoke(semantic_app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["count"] == 3 and payload["empty"] == 3 and payload["mean"] is None
-    text = runner.invoke(semantic_app, ["distances", str(shared_file(ZSRE)), "--model", str(tiny_model_dir), "--limit", "3"])
+    assert payload["count"] == 3 and payload["empty"] == 3 and payload["mean"] is None and payload["prompt_style"] == "chat"
+    text = runner.invoke(semantic_app, args)
     assert text.exit_code == 0 and payload["cache"] in text.stdout.replace("\n", "")
 
 

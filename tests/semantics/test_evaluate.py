@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raysem.data.facts import Fact, Probe
-from raysem.models.generate import greedy_answers, target_token_count
+from raysem.models.generate import greedy_answers
 from raysem.semantics import metrics
 from raysem.semantics.embedding import AnswerEmbedder
 from raysem.semantics.evaluate import base_records, evaluate_facts
@@ -55,11 +55,11 @@ def test_records_equal_answering_each_question_alone(lively):
     records = evaluate_facts(tiny, facts, base, AnswerEmbedder.from_model(tiny), batch_size=3, before_batch=seen.append)
 
     for fact, record in zip(facts, records):
-        budget = target_token_count(tiny, fact.target)
+        budget = tiny.answer_budget(fact.prompt, fact.target)
         y_new = _alone(tiny, fact.prompt, budget)
         rephrased = [_alone(tiny, q, budget) for q in fact.rephrasings]
-        local = [_alone(tiny, p.prompt, target_token_count(tiny, p.answer)) for p in fact.locality]
-        ported = [_alone(tiny, p.prompt, target_token_count(tiny, p.answer)) for p in fact.portability]
+        local = [_alone(tiny, p.prompt, tiny.answer_budget(p.prompt, p.answer)) for p in fact.locality]
+        ported = [_alone(tiny, p.prompt, tiny.answer_budget(p.prompt, p.answer)) for p in fact.portability]
         assert record["fact_id"] == fact.id and record["y_new"] == y_new
         assert record["exact_match"] == metrics.exact_match(y_new, fact.target)
         assert _same(record["generality"], metrics.mean_exact_match(rephrased, fact.target))
@@ -74,3 +74,55 @@ def test_records_equal_answering_each_question_alone(lively):
     asked = Counter(i for rows in seen[:-1] for i in rows)
     assert asked == {0: 1 + 2 + 1 + 2, 1: 1 + 0 + 2, 2: 1 + 3}
     assert seen[-1] == [0, 1, 2] and all(len(rows) <= 3 for rows in seen[:-1])
+
+
+def _emb(lm, table: torch.Tensor, text: str) -> torch.Tensor | None:
+    """EMB (Eq. 1) by hand: the mean of the input-embedding rows of the answer's tokens."""
+    ids = lm.tokenizer(text, add_special_tokens=False).input_ids
+    return table[ids].double().mean(0) if ids else None
+
+
+def _dist(lm, table: torch.Tensor, a: str, b: str) -> float:
+    ea, eb = _emb(lm, table, a), _emb(lm, table, b)
+    if ea is None or eb is None:
+        return math.nan
+    return float(1 - torch.dot(ea, eb) / (ea.norm() * eb.norm()))
+
+
+def _close(a: float, b: float, tol: float = 1e-5) -> bool:
+    """Equal to float32 rounding of embeddings (raysem averages in float32, this test in float64), or both NaN."""
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol
+
+
+def test_records_match_values_computed_by_hand(lively):
+    """dist_new, deviation, RD, bad case, token accuracy and both localities, recomputed here from their
+    definitions (own embedding means, own forward pass) for a model changed after its base records."""
+    lm = lively
+    facts = _facts(lm)
+    base = {r["fact_id"]: r for r in base_records(lm, facts)}
+    table = lm.model.get_input_embeddings().weight.detach().clone()
+    embedder = AnswerEmbedder.from_model(lm, copy=True)
+    with torch.no_grad():  # "tune" the decoder layers only: the input embeddings (tied to the head) stay the base's
+        for name, param in lm.model.named_parameters():
+            if "layers." in name and param.dim() == 2:
+                param.add_(torch.randn_like(param) * 0.2)
+    records = evaluate_facts(lm, facts, base, embedder)
+    for fact, r in zip(facts, records):
+        b = base[fact.id]
+        y_new = _alone(lm, fact.prompt, b["target_tokens"])
+        d_old, d_new = _dist(lm, table, b["y_old"], fact.target), _dist(lm, table, y_new, fact.target)
+        assert r["y_new"] == y_new and _close(r["dist_old"], d_old) and _close(r["dist_new"], d_new)
+        assert r["deviation"] == (not math.isnan(d_new) and not math.isnan(d_old) and d_new > d_old + 1e-6)
+        assert _close(r["rd"], (d_new - d_old) / d_old if d_old > 1e-6 and not math.isnan(d_new) else math.nan, 1e-4)
+        assert r["bad_case"] == (y_new.strip() != fact.target.strip() or math.isnan(d_new) or d_new > 1e-6)
+        prompt_ids, answer_ids = lm.prompt_and_answer_ids(fact.prompt, fact.target)
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([prompt_ids + answer_ids])).logits[0]
+        predicted = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(answer_ids)].argmax(-1).tolist()
+        assert r["token_accuracy"] == pytest.approx(sum(p == a for p, a in zip(predicted, answer_ids)) / len(answer_ids))
+        tuned = [_alone(lm, p.prompt, lm.answer_budget(p.prompt, p.answer)) for p in fact.locality]
+        pairs = list(zip(tuned, b["locality_base"]))
+        assert _same(r["locality"], sum(t == o for t, o in pairs) / len(pairs) if pairs else math.nan)
+        soft = [1.0 if t == o else (0.0 if math.isnan(d := _dist(lm, table, t, o)) else 1 - min(max(d, 0.0), 1.0)) for t, o in pairs]
+        assert _close(r["locality_soft"], sum(soft) / len(soft) if soft else math.nan)
+    assert any(r["y_new"] != base[r["fact_id"]]["y_old"] for r in records), "the change should change some answers"

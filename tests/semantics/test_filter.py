@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from raysem.semantics.filter import greedy_filter, random_filter, replacement_count, set_stats
+from raysem.semantics.filter import greedy_filter, random_filter, replace_training_set, replacement_count, set_stats
 
 K_IDS, K_DIST = ["a", "b", "c"], [0.2, 0.4, 0.6]
 P_IDS, P_DIST = ["p", "q", "r"], [0.0, 0.5, 1.0]
@@ -302,3 +302,21 @@ def test_cli_filter_errors(table, args, message):
 def test_cli_filter_missing_table(tmp_path):
     result = _invoke(["--table", str(tmp_path / "none.parquet"), "--size", "3", "--replace", "0.5"])
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["filter", "random"])
+def test_members_without_a_distance_stay_in_the_training_set(mode):
+    """An empty y_old (NaN distance) in K neither fails the trial nor takes part in the filter: the member
+    stays, is listed, and ρ applies to the others; pool facts without one are left out and listed."""
+    k_ids, k_dist = ["a", "b", "e", "c", "d"], [0.2, 0.9, math.nan, 0.6, 0.4]
+    p_ids, p_dist = ["p", "q", "x", "r"], [0.05, 0.5, math.nan, 0.1]
+    with pytest.raises(ValueError, match="without a finite target distance"):
+        (greedy_filter if mode == "filter" else random_filter)(k_ids, k_dist, p_ids, p_dist, replace=0.5, **({"lam": 0.0} if mode == "filter" else {"seed": 1}))
+    result = replace_training_set(mode, k_ids, k_dist, p_ids, p_dist, replace=0.5, seed=1)
+    assert result.kept_undefined == ["e"] and result.excluded_pool == ["x"]
+    assert "e" in result.train_ids and len(result.train_ids) == 5 and len(result.removed) == 2  # round(0.5 · 4)
+    assert not set(result.removed) & {"e"} and not set(result.added) & {"x"}
+    if mode == "filter":  # λ = 0: the two largest members go, the two smallest pool facts come
+        assert sorted(result.removed) == ["b", "c"] and sorted(result.added) == ["p", "r"]
+    with pytest.raises(ValueError, match="filter mode"):
+        replace_training_set("greedy", k_ids, k_dist, p_ids, p_dist, replace=0.5)

@@ -15,6 +15,7 @@ from raysem.semantics.metrics import (
     mean_exact_match,
     normalize_answer,
     relative_distance,
+    soft_locality,
 )
 
 
@@ -69,3 +70,15 @@ def test_bad_case():
     assert bad_case(0.0, 0.0) is True  # wrong answer
     assert bad_case(1.0, 0.2) is True  # distance left
     assert bad_case(1.0, math.nan) is True  # empty answer
+
+
+def test_soft_locality_by_hand():
+    # equal answers count 1 whatever their distance; one empty answer (NaN distance) counts 0;
+    # otherwise 1 - dist, clipped to [0, 1]
+    tuned = ["John Adams", "Paris", "", "x"]
+    base = ["John  Adams", "The capital is Paris", "something", "y"]
+    assert soft_locality(tuned, base, [0.3, 0.25, math.nan, 1.4]) == pytest.approx((1 + 0.75 + 0 + 0) / 4)
+    assert soft_locality(["a"], ["b"], [-0.1]) == 1.0
+    assert math.isnan(soft_locality([], [], []))
+    with pytest.raises(ValueError, match="2 tuned outputs, 2 base outputs, 1 distances"):
+        soft_locality(["a", "b"], ["a", "b"], [0.0])

@@ -32,6 +32,11 @@ def write(tmp_path: Path, data: dict) -> Path:
         ({"name": "s", "sweep": {"rank_of_doom": {"grid": [1]}}}, "rank_of_doom"),
         ({"name": "s", "resourcez": {}}, "resourcez"),
         ({"name": "s", "sweep": {"gamma": {"uniform": [0, 1]}}}, "grid search"),
+        ({"name": "s", "prompt_style": "qa"}, "prompt_style"),
+        ({"name": "s", "trial": {"optimizer": "adam"}}, "optimizer"),
+        ({"name": "s", "sampling": {"k": 1}, "filter": {"filter_mode": "filter", "replace": 0.5}}, "filter settings with k = 1"),
+        ({"name": "s", "sampling": {"k": 10}, "sweep": {"k": {"grid": [1, 10]}, "filter_mode": {"grid": ["none", "random"]}}},
+         "filter settings with k = 1"),
     ],
 )
 def test_spec_errors_name_field_and_value(tmp_path, data, needle):
@@ -56,11 +61,27 @@ def test_quick_overrides_merge_nested(tmp_path):
     assert (spec.sampling.k, spec.sampling.n_samplings, spec.sampling.seed) == (10, 50, 7)
 
 
+def test_gamma_on_single_adamw_facts_warns(tmp_path):
+    from raysem.service.spec import GammaNoOpWarning
+
+    with pytest.warns(GammaNoOpWarning, match="AdamW cancels a constant factor"):
+        load_spec(write(tmp_path, {"name": "s", "sampling": {"k": 1}, "sweep": {"gamma": {"grid": [0.0, 1.0]}}}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GammaNoOpWarning)
+        load_spec(write(tmp_path, {"name": "s", "sampling": {"k": 1}, "trial": {"optimizer": "sgd"}, "sweep": {"gamma": {"grid": [0.0, 1.0]}}}))
+        load_spec(write(tmp_path, {"name": "s", "sampling": {"k": 5}, "sweep": {"gamma": {"grid": [0.0, 1.0]}}}))
+        spec = load_spec(write(tmp_path, {"name": "s", "prompt_style": "chat", "answer_budget": "free", "free_tokens": 9}))
+    assert spec.prompting.key() == {"prompt_style": "chat", "answer_budget": "free:9"}
+
+
 def test_units_pack_single_fact_lora_and_count_trials(tmp_path):
     data = {
         "name": "s",
         "sampling": {"k": 1, "n_samplings": 10, "per_k": {10: 3}},
         "sweep": {"k": {"grid": [1, 10]}, "gamma": {"grid": [0.0, 1.0]}},
+        "trial": {"optimizer": "sgd"},
         "pack_size": 4,
     }
     spec = load_spec(write(tmp_path, data))

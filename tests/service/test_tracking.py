@@ -18,7 +18,7 @@ def make_result(key: str) -> TrialResult:
         {
             "fact_id": f"f{i}", "prompt": f"q{i}?", "target": f"t{i}", "y_old": "old", "y_old_raw": "old",
             "y_new": f"t{i}" if i == 0 else "no", "y_new_raw": "x", "exact_match": float(i == 0), "token_accuracy": 0.5,
-            "generality": 0.0, "locality": 1.0, "portability": math.nan, "dist_old": 0.2 * (i + 1),
+            "generality": 0.0, "locality": 1.0, "locality_soft": 1.0, "portability": math.nan, "dist_old": 0.2 * (i + 1),
             "dist_new": 0.0 if i == 0 else 0.5, "deviation": i == 2, "rd": 1.0, "bad_case": i != 0, "y_new_empty": False,
         }
         for i in range(3)

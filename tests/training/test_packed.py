@@ -189,9 +189,24 @@ def test_packed_trials_equal_unpacked_peft_trials(tiny64, clip, micro_batch, opt
             assert_trained_alike(got_weights[t][name], want_weights[t][name], cfgs[t], name)
     assert_records_match(got_records, want_records)
     assert [r["y_new"] for r in got_records] == [r["y_new"] for r in want_records]
-    # the trained adapters moved away from their start, and γ changed what trial 2 learned from trial 0's seed
-    assert any(v.abs().sum() > 0 for k, v in got_weights[0].items() if "lora_B" in k)
-    assert not torch.allclose(got_weights[0]["model.layers.1.self_attn.v_proj.lora_B.weight"], got_weights[2]["model.layers.1.self_attn.v_proj.lora_B.weight"])
+    assert any(v.abs().sum() > 0 for k, v in got_weights[0].items() if "lora_B" in k), "the adapters moved from their start"
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("adamw", 0.05), ("sgd", 2.0)])
+def test_gamma_in_a_pack_acts_on_a_lone_fact_only_under_sgd(tiny64, optimizer, lr):
+    """Two trials of one pack learn the same fact from the same seed, at γ = 0 and γ = 2.5: AdamW cancels the
+    constant (1 + γλ), SGD does not (see ``raysem.training.config.TrialConfig.optimizer``)."""
+    base = {r["fact_id"]: r for r in base_records(tiny64, FACTS)}
+    base["f0"] = {**base["f0"], "dist_old": 0.25}
+    cfgs = [TrialConfig(rank=4, alpha=8.0, lr=lr, steps=4, seed=3, gamma=g, optimizer=optimizer) for g in (0.0, 2.5)]
+    packed = attach_packed_lora(tiny64.model, [3, 3], 4, 8.0, ("q_proj", "v_proj"))
+    start = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(2)]
+    train_packed(tiny64, packed, [FACTS[0], FACTS[0]], cfgs, base)
+    plain, weighted = (packed.trial_weights(t) for t in range(2))
+    change = math.sqrt(sum(float((weighted[k] - plain[k]).norm()) ** 2 for k in plain))
+    learned = math.sqrt(sum(float((plain[k] - start[0][k]).norm()) ** 2 for k in plain))
+    packed.detach()
+    assert (change / learned < 1e-2) if optimizer == "adamw" else (change / learned > 0.1)
 
 
 def test_run_packed_trials_results(tiny):
@@ -213,7 +228,7 @@ def test_run_packed_trials_results(tiny):
         assert agg["failed"] == 0.0 and agg["steps"] == 3.0 and agg["n_facts"] == 1.0
         assert agg["accuracy"] == float(record["exact_match"])
         assert agg["dist_mean"] == record["dist_old"] or math.isnan(agg["dist_mean"]) and math.isnan(record["dist_old"])
-        seq = len(tiny.tokenizer(tiny.format_prompt(fact.prompt) + fact.target, add_special_tokens=False).input_ids)
+        seq = sum(map(len, tiny.prompt_and_answer_ids(fact.prompt, fact.target)))
         assert agg["tokens"] == 3 * seq
         assert agg["wall_s"] * 3 == pytest.approx(agg["pack_wall_s"]) and agg["pack_wall_s"] > 0
         assert len(result.loss_curve) == 3 and agg["final_loss"] == result.loss_curve[-1]
@@ -241,11 +256,10 @@ def test_packed_trials_match_run_trial(tiny64):
 def test_non_finite_trial_fails_alone(tiny64):
     """Trial 1's rows turn NaN from its third training step on (a hook on the input embeddings);
     it fails naming its fact, its adapter stays as after two steps, and the others are unaffected."""
-    marker = tiny64.tokenizer(FACTS[1].target, add_special_tokens=False).input_ids[0]
+    marker = tiny64.prompt_and_answer_ids(FACTS[1].prompt, FACTS[1].target)[1][0]
     for fact in (FACTS[0], FACTS[2]):
-        text = tiny64.format_prompt(fact.prompt) + fact.target
-        assert marker not in tiny64.tokenizer(text, add_special_tokens=False).input_ids
-        assert all(marker not in tiny64.tokenizer(tiny64.format_prompt(p.prompt)).input_ids for p in fact.locality)
+        assert all(marker not in ids for ids in tiny64.prompt_and_answer_ids(fact.prompt, fact.target))
+        assert all(marker not in tiny64.prompt_and_answer_ids(p.prompt, p.answer)[0] for p in fact.locality)
     seen = [0]
 
     def poison(module, args, output):

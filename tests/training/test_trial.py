@@ -138,12 +138,7 @@ def test_aggregates_describe_the_training_set(resident, base):
     assert agg["dist_mean"] == pytest.approx(0.3) and agg["dist_var"] == pytest.approx(0.01)
     assert agg["n_facts"] == 2 and result.test_ids == ["q5", "q6"] and result.train_ids == ["q0", "q1", "q2"]
     assert agg["steps"] == 4 and agg["final_loss"] == result.loss_curve[-1] and agg["wall_s"] > 0
-    tok = resident.lm.tokenizer
-    per_fact = {
-        f.id: len(tok(resident.lm.format_prompt(f.prompt), add_special_tokens=False).input_ids)
-        + len(tok(f.target, add_special_tokens=False).input_ids)
-        for f in facts
-    }
+    per_fact = {f.id: sum(map(len, resident.lm.prompt_and_answer_ids(f.prompt, f.target))) for f in facts}
     cfg = TrialConfig(steps=4, batch_size=2)
     assert agg["tokens"] == sum(per_fact[f.id] for b in train_batches(facts, cfg) for f in b)
     assert result.trial_id == "t1"
@@ -287,3 +282,72 @@ def test_cli_reports_bad_settings_with_exit_code_2(tiny_model_dir, small_zsre, e
 def test_cli_reports_an_unknown_dataset(tiny_model_dir, tmp_path):
     result = _cli(["--dataset", str(tmp_path / "missing.json"), "--facts", "3", "--model", str(tiny_model_dir)])
     assert result.exit_code == 2 and "neither a dataset name" in result.output
+
+
+@pytest.fixture()
+def resident64(tiny64):
+    return ResidentModel(tiny64)
+
+
+def _trained(resident, facts, dists, cfg) -> list[torch.Tensor]:
+    """The method's weights after ``train`` on ``facts`` whose target distances are ``dists``."""
+    from raysem.training.methods import attach
+    from raysem.training.trial import train
+
+    base = resident.base_records(facts)
+    rows = {f.id: {**base[f.id], "dist_old": d} for f, d in zip(facts, dists)}
+    torch.manual_seed(cfg.seed)
+    with attach(resident.lm.model, cfg) as attachment:
+        train(resident.lm, attachment, facts, rows, cfg)
+        return [p.detach().clone() for p in attachment.parameters()]
+
+
+def _gamma_effect(resident, facts, dists, cfg) -> float:
+    """‖W(γ=3) − W(γ=0)‖ / ‖W(γ=0) − W_init‖ over the method's weights: how much γ changed what was learned."""
+    start = _trained(resident, facts, dists, cfg.model_copy(update={"lr": 1e-30, "steps": 1}))
+    plain = _trained(resident, facts, dists, cfg)
+    weighted = _trained(resident, facts, dists, cfg.model_copy(update={"gamma": 3.0}))
+
+    def norm(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return math.sqrt(sum(float((x - y).norm()) ** 2 for x, y in zip(a, b)))
+
+    return norm(weighted, plain) / norm(plain, start)
+
+
+def test_gamma_is_a_no_op_on_a_lone_fact_under_adamw_only(resident64):
+    """(1 + γλ) scales a lone fact's loss by a constant: AdamW normalises it away (up to its eps), SGD
+    takes (1 + γλ)-times bigger steps. Measured: 2e-4 under AdamW, 1.7 under SGD."""
+    fact = _facts(1)
+    assert _gamma_effect(resident64, fact, [0.25], TrialConfig(steps=5, lr=0.05, seed=3)) < 1e-2
+    assert _gamma_effect(resident64, fact, [0.25], TrialConfig(steps=5, lr=0.5, seed=3, optimizer="sgd")) > 0.1
+
+
+def test_gamma_reweights_facts_against_each_other_under_adamw(resident64):
+    """λ(0.5) = 0 and λ(0) = 1: weights 1 and 4 change the direction AdamW follows (measured 0.86); at
+    0.2 and 0.8, λ is equal and the factor is again a constant (6e-4)."""
+    cfg = TrialConfig(steps=5, batch_size=2, lr=0.05, seed=3)
+    assert _gamma_effect(resident64, _facts(2), [0.5, 0.0], cfg) > 0.1
+    assert _gamma_effect(resident64, _facts(2), [0.2, 0.8], cfg) < 1e-2
+
+
+def test_filtered_training_set_trains_on_k_star_and_tests_on_k(resident):
+    """The filter path of a study: train on K* (K with its largest distances replaced), test on the original K."""
+    import pandas as pd
+
+    from raysem.service.spec import StudySpec
+    from raysem.service.study import _training_set
+
+    facts = _facts()
+    test = facts[:4]
+    dists = [0.2, 0.9, math.nan, 0.6, 0.05, 0.1, 0.5, 0.7, 0.8, 0.3]
+    table = pd.DataFrame({"fact_id": [f.id for f in facts], "dist_old": dists})
+    spec = StudySpec(name="s", sampling={"k": 4}, filter={"filter_mode": "filter", "replace": 0.5})
+    train, counts = _training_set(spec, {}, test, facts, table, seed=0)
+    # q2 has no distance: kept; of q0, q1, q3 round(0.5 · 3) = 2 go (the largest, q1 and q3) for the smallest (q4, q5)
+    assert sorted(f.id for f in train) == ["q0", "q2", "q4", "q5"]
+    assert counts == {"filter_kept_undefined": 1.0, "filter_pool_excluded": 0.0}
+    base = resident.base_records(facts)
+    result = run_trial(resident, train, test, base, TrialConfig(steps=2, batch_size=2))
+    assert result.train_ids == [f.id for f in train] and result.test_ids == [f.id for f in test]
+    assert [r["fact_id"] for r in result.records] == [f.id for f in test]
+    assert result.aggregates["dist_undefined"] == sum(math.isnan(base[f.id]["dist_old"]) for f in train)
