@@ -16,7 +16,7 @@ from rich.table import Table
 
 from raysem.cli import options
 
-SUMMARY_KEYS = ("count", "mean", "std", "min", "max", "empty")
+SUMMARY_KEYS = ("count", "mean", "std", "min", "max", "empty", "preface", "train_tokens")
 semantic_app = typer.Typer(help="Target semantic distances and the distance-based data filter.", no_args_is_help=True)
 
 

@@ -51,11 +51,15 @@ def varying(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
 
 
 def fmt_value(value: Any) -> str:
-    """A param value as shown in labels: integers without ``.0``, None/NaN as '—'."""
+    """A param value as shown in labels and tables: integers without ``.0``, other floats to 4
+    significant digits (a swept 0.2153133598719359 reads 0.2153; params and CSVs keep every digit),
+    None/NaN as '—'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return str(value)
 
 

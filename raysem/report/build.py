@@ -68,7 +68,7 @@ class ReportSummary:
         lines = ["headline: mean [95% bootstrap CI]"] if self.headline else []
         lines += [
             f"  {label}: {row['n_trials']} trials, "
-            + ", ".join(f"{m} {e.estimate:.2f} [{e.low:.2f}, {e.high:.2f}]" for m, e in row.items() if m != "n_trials")
+            + ", ".join(f"{m} {_ci_text(e, row['n_trials'])}" for m, e in row.items() if m != "n_trials")
             for label, row in self.headline.items()
         ]
         lines.append(f"sections: {', '.join(self.sections)}")
@@ -88,6 +88,13 @@ class _Context:
     def figure(self, key: str, path: Path, caption: str) -> Figure:
         self.figures[key] = path
         return Figure(caption, path)
+
+
+def _ci_text(est: Estimate, n: int) -> str:
+    """``0.42 [0.30, 0.55]`` for a terminal; ``0.42 (n = 1, no CI)`` where there is no interval."""
+    if np.isnan(est.low) or np.isnan(est.high):
+        return f"{est.estimate:.2f} (n = {n}, no CI)"
+    return f"{est.estimate:.2f} [{est.low:.2f}, {est.high:.2f}]"
 
 
 def _pct(est: Estimate) -> str:

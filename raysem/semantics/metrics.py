@@ -16,6 +16,22 @@ DIST_EPS = 1e-6
 """Distances at or below this are zero (identical answers give 1 - cos ≈ 1e-16, not 0)."""
 
 
+SENTENCE_OPENERS = frozenset(
+    "the a an it its this that these those there here he she they we i you in on at as to for by from of "
+    "according based yes no sure well however although while when what who which".split()
+)
+"""First words that start a sentence rather than name an entity ("The IAAF …" for the target "2006")."""
+
+
+def is_sentence_preface(answer: str, target: str) -> bool:
+    """Whether ``answer`` starts like a sentence, not an entity: its first word is one of
+    ``SENTENCE_OPENERS`` and the target does not start with the same word ("The Hague" stays an entity)."""
+    words, target_words = answer.strip().lower().split(), target.strip().lower().split()
+    if not words or words[0].strip(",.:;") not in SENTENCE_OPENERS:
+        return False
+    return not target_words or target_words[0] != words[0]
+
+
 def normalize_answer(text: str, ignore_case: bool = False) -> str:
     """Light normalisation used by exact match."""
     out = _SPACES.sub(" ", text.strip())

@@ -36,6 +36,7 @@ from raysem.models.loader import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, lo
 from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
 from raysem.paths import cache_dir
 from raysem.semantics.evaluate import BaseRecord, base_records
+from raysem.semantics.metrics import is_sentence_preface
 
 BASE_FIELDS = (
     "fact_id",
@@ -273,8 +274,10 @@ def base_lookup(frame: pd.DataFrame) -> dict[str, BaseRecord]:
 
 
 def summary(frame: pd.DataFrame) -> dict[str, Any]:
-    """count (facts), mean / std (population) / min / max of the defined target distances, and empty
-    (facts without a distance: the base model gave an empty answer)."""
+    """count (facts), mean / std (population) / min / max of the defined target distances, empty
+    (facts without a distance: the base model gave an empty answer), preface (y_old starts like a
+    sentence, ``metrics.is_sentence_preface``) and train_tokens (mean prompt + target tokens, what one
+    training sequence costs)."""
     dist = frame["dist_old"].to_numpy(dtype=np.float64)
     defined = dist[~np.isnan(dist)]
     stats = (
@@ -282,7 +285,9 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
         if len(defined)
         else dict.fromkeys(("mean", "std", "min", "max"), math.nan)
     )
-    return {"count": int(len(dist)), **stats, "empty": int(len(dist) - len(defined))}
+    preface = sum(is_sentence_preface(a, t) for a, t in zip(frame["y_old"], frame["target"]))
+    tokens = float((frame["prompt_tokens"] + frame["target_tokens"]).mean()) if len(frame) else math.nan
+    return {"count": int(len(dist)), **stats, "empty": int(len(dist) - len(defined)), "preface": int(preface), "train_tokens": tokens}
 
 
 # ---------------------------------------------------------------------------------------------

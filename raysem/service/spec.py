@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from pathlib import Path
@@ -143,6 +144,9 @@ class StudySpec(BaseModel):
     trial: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by all trials")
     filter: Filter = Filter()
     sweep: dict[str, Dimension] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="grid points left out: those matching every setting of an entry, e.g. {k: 1, gamma: 1.0}"
+    )
     search: Search = Search()
     resources: Resources = Resources()
     max_concurrent: int = Field(1, ge=1)
@@ -177,9 +181,10 @@ class StudySpec(BaseModel):
                 raise ValueError(f"grid search needs grid/choice dimensions; {bad} are distributions")
         if self.search.algorithm == "optuna" and any(d.grid is not None for d in self.sweep.values()):
             raise ValueError("optuna search takes choice/uniform/loguniform/randint dimensions, not grid")
-        gammas = [self.trial.get("gamma", 0.0), *(self.sweep["gamma"].values() if "gamma" in self.sweep else [])]
-        optimizers = [self.trial.get("optimizer", "adamw"), *(self.sweep["optimizer"].values() if "optimizer" in self.sweep else [])]
-        if 1 in self.ks() and "adamw" in optimizers and any(g > 0 for g in gammas):
+        for entry in self.exclude:
+            if self.search.algorithm != "grid" or not entry or set(entry) - set(self.sweep):
+                raise ValueError(f"exclude: {entry} must name swept dimensions of a grid search ({sorted(self.sweep)})")
+        if self._gamma_on_lone_adamw_facts():
             warnings.warn(
                 f"{self.name}: γ > 0 on single-fact (k = 1) AdamW trials changes nothing: AdamW cancels a constant "
                 "factor on a lone fact's loss. Compare γ on multi-fact sets, or set trial.optimizer: sgd.",
@@ -193,6 +198,20 @@ class StudySpec(BaseModel):
                 "filter / sweep.filter_mode"
             )
         return self
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every point of a grid sweep (one empty point when nothing is swept), less the ``exclude``d ones."""
+        names = sorted(self.sweep)
+        points = [dict(zip(names, combo)) for combo in itertools.product(*(self.sweep[n].values() for n in names))]
+        return [p for p in points if not any(all(p.get(k) == v for k, v in e.items()) for e in self.exclude)]
+
+    def _gamma_on_lone_adamw_facts(self) -> bool:
+        """Whether some trial applies γ > 0 to a single fact under AdamW (where γ cannot act)."""
+        for point in self.grid_points():  # distributions contribute their bounds
+            merged = {**self.trial, "k": self.sampling.k, **point}
+            if merged["k"] == 1 and merged.get("optimizer", "adamw") == "adamw" and merged.get("gamma", 0.0) > 0:
+                return True
+        return False
 
     def filters(self) -> bool:
         """Whether any trial of the study filters or randomly replaces its training set."""

@@ -10,7 +10,6 @@ stays resident in each worker, and trials whose MLflow run already exists are ne
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -45,13 +44,6 @@ def trial_key(point: dict[str, Any], sampling: int, k: int) -> str:
     return "t-" + hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every point of a grid sweep (one empty point when nothing is swept)."""
-    names = sorted(spec.sweep)
-    values = [spec.sweep[n].values() for n in names]
-    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
-
-
 def packs(spec: StudySpec, point: dict[str, Any]) -> bool:
     """Whether samplings at this point train as packs of single-fact LoRA trials."""
     k = int(point.get("k", spec.sampling.k))
@@ -68,13 +60,13 @@ def sampling_blocks(spec: StudySpec, point: dict[str, Any]) -> list[list[int]]:
 
 def expand_units(spec: StudySpec) -> list[dict[str, Any]]:
     """Grid search: the explicit list of units (point × sampling block)."""
-    return [{"point": p, "samplings": block} for p in grid_points(spec) for block in sampling_blocks(spec, p)]
+    return [{"point": p, "samplings": block} for p in spec.grid_points() for block in sampling_blocks(spec, p)]
 
 
 def count_trials(spec: StudySpec) -> int:
     """How many logical trials (MLflow child runs) the study will produce."""
     if spec.search.algorithm == "grid":
-        per_point = [spec.sampling.n_for(int(p.get("k", spec.sampling.k))) for p in grid_points(spec)]
+        per_point = [spec.sampling.n_for(int(p.get("k", spec.sampling.k))) for p in spec.grid_points()]
         return sum(per_point) * spec.search.num_samples
     return spec.search.num_samples * spec.sampling.n_for(spec.sampling.k)
 

@@ -141,6 +141,19 @@ class PendingTrial:
     result: TrialResult
     error: str | None = None
 
+    @property
+    def run_name(self) -> str:
+        """A readable MLflow run name from the params, e.g. ``k=10 γ=1 lora s3`` (floats to 3 significant
+        digits; the params keep every digit); the trial key when the params name no set size."""
+        p = self.params
+        if "k" not in p:
+            return self.trial_key
+        parts = [f"k={p['k']}", f"γ={float(p.get('gamma') or 0.0):.3g}"]
+        if p.get("filter_mode", "none") not in (None, "none"):
+            parts += [str(p["filter_mode"]), f"ρ={float(p['replace']):.3g}", f"λ={float(p['filter_lambda']):.3g}"]
+        parts += [str(p.get("method", "")), f"s{p.get('sampling', 0)}"]
+        return " ".join(x for x in parts if x)
+
     def write(self, pending_dir: Path) -> Path:
         """Write it (atomically) under ``pending_dir/<trial_key>``; returns that folder."""
         trial_key, result = self.trial_key, self.result
@@ -149,6 +162,7 @@ class PendingTrial:
         tmp = Path(tempfile.mkdtemp(dir=pending_dir, prefix=f".{trial_key}-"))
         meta = {
             "trial_key": trial_key,
+            "run_name": self.run_name,
             "experiment": self.experiment,
             "parent_run_id": self.parent_run_id,
             "params": self.params,
@@ -182,7 +196,7 @@ def log_pending(uri: str, folder: Path, parent_run_id: str | None = None) -> str
         tags[PARENT] = parent
     if meta.get("error"):
         tags["raysem.error"] = meta["error"][:5000]
-    run = client.create_run(_experiment_id(client, meta["experiment"]), run_name=meta["trial_key"], tags=tags)
+    run = client.create_run(_experiment_id(client, meta["experiment"]), run_name=meta.get("run_name") or meta["trial_key"], tags=tags)
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, metrics=_metrics(meta["metrics"], meta["loss_curve"]), params=_params(meta["params"]))

@@ -324,3 +324,14 @@ def test_figure5_needs_two_featured_facts_per_model(study, tmp_path):
     summary = build_report("one-featured-fact", tracking_uri=store.uri, out_dir=tmp_path, log_to_mlflow=False)
     assert summary.skipped["fig5"].startswith("fewer than 2 facts with logged features per model")
     assert "fig5" not in summary.figures
+
+
+def test_labels_round_swept_floats_and_single_trials_say_no_ci():
+    from raysem.report.analysis import fmt_value
+    from raysem.report.build import _ci_text
+    from raysem.report.stats import Estimate
+
+    assert fmt_value(0.2153133598719359) == "0.2153" and fmt_value(2.0) == "2" and fmt_value(1e-5) == "1e-05"
+    assert fmt_value(float("nan")) == "—" and fmt_value("lora") == "lora"
+    assert _ci_text(Estimate(0.6, float("nan"), float("nan")), 1) == "0.60 (n = 1, no CI)"
+    assert _ci_text(Estimate(0.6, 0.5, 0.7), 5) == "0.60 [0.50, 0.70]"

@@ -11,6 +11,7 @@ from raysem.semantics.metrics import (
     bad_case,
     deviation,
     exact_match,
+    is_sentence_preface,
     locality,
     mean_exact_match,
     normalize_answer,
@@ -82,3 +83,11 @@ def test_soft_locality_by_hand():
     assert math.isnan(soft_locality([], [], []))
     with pytest.raises(ValueError, match="2 tuned outputs, 2 base outputs, 1 distances"):
         soft_locality(["a", "b"], ["a", "b"], [0.0])
+
+
+def test_sentence_preface():
+    assert is_sentence_preface("The IAAF", "2006") and is_sentence_preface("The artist who created", "Picasso")
+    assert is_sentence_preface("According to", "Paris") and is_sentence_preface("It,", "x")
+    assert not is_sentence_preface("John Williams", "Hans Zimmer") and not is_sentence_preface("1999", "2006")
+    assert not is_sentence_preface("The Hague", "The Hague Convention"), "an entity that starts with 'The'"
+    assert not is_sentence_preface("", "Paris")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,18 @@ def test_gamma_on_single_adamw_facts_warns(tmp_path):
     assert spec.prompting.key() == {"prompt_style": "chat", "answer_budget": "free:9"}
 
 
+def test_excluded_grid_points_are_left_out(tmp_path):
+    data = {"name": "s", "sampling": {"k": 1, "n_samplings": 4, "per_k": {10: 2}},
+            "sweep": {"k": {"grid": [1, 10]}, "gamma": {"grid": [0.0, 1.0]}}, "exclude": [{"k": 1, "gamma": 1.0}]}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # γ now acts only on the 10-fact sets
+        spec = load_spec(write(tmp_path, data))
+    assert spec.grid_points() == [{"gamma": 0.0, "k": 1}, {"gamma": 0.0, "k": 10}, {"gamma": 1.0, "k": 10}]
+    assert count_trials(spec) == 4 + 2 + 2
+    with pytest.raises(SpecError, match="exclude"):
+        load_spec(write(tmp_path, {**data, "exclude": [{"rank": 4}]}))
+
+
 def test_units_pack_single_fact_lora_and_count_trials(tmp_path):
     data = {
         "name": "s",
@@ -104,7 +117,11 @@ STUDY_SPECS = sorted(p for p in JOBS.glob("*.yaml") if p.name != "distance_table
 
 @pytest.mark.parametrize("path", STUDY_SPECS, ids=lambda p: p.name)
 def test_every_job_spec_validates(path):
+    from raysem.service.spec import GammaNoOpWarning
+
     for quick in (False, True):
-        spec = load_spec(path, quick=quick)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GammaNoOpWarning)  # no shipped study sweeps γ where it cannot act
+            spec = load_spec(path, quick=quick)
         assert count_trials(spec) >= 1
         assert (JOBS / f"{path.stem}.py").exists()

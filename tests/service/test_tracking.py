@@ -47,6 +47,7 @@ def test_trial_logged_to_sqlite_reads_back(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["raysem.model"] == "m"
     assert run.data.params["gamma"] == "1.0" and run.data.params["k"] == "3"
+    assert run.info.run_name == "k=3 γ=1 s0"
     assert run.data.metrics["accuracy"] == pytest.approx(1 / 3)
     assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)] == [2.0, 1.0, 0.5]
     assert facts["fact_id"].tolist() == ["f0", "f1", "f2"] and facts["exact_match"].sum() == 1
@@ -101,3 +102,11 @@ def test_unreachable_server_keeps_results_and_sync_logs_them(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_run_names_are_readable_and_rounded():
+    params = {"k": 100, "gamma": 0.2153133598719359, "filter_mode": "filter", "replace": 0.6, "filter_lambda": 2.380208256824961,
+              "method": "lora", "sampling": 3}  # fmt: skip
+    pending = tracking.PendingTrial("t-1", "e", None, params, {}, make_result("t-1"))
+    assert pending.run_name == "k=100 γ=0.215 filter ρ=0.6 λ=2.38 lora s3"
+    assert tracking.PendingTrial("t-2", "e", None, {"gamma": 1.0}, {}, make_result("t-2")).run_name == "t-2"
