@@ -358,3 +358,23 @@ def example_responses(records: pd.DataFrame, per_band: int = 2, seed: int = 0) -
             unique = part.drop_duplicates("fact_id")
             picks.append(unique.sample(n=min(per_band, len(unique)), random_state=seed).sort_values("dist_old"))
     return pd.concat(picks, ignore_index=True) if picks else pd.DataFrame()
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def param_importances(trials: pd.DataFrame, objective: str, swept: Sequence[str], mode: str) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA) of the swept parameters for the objective, from the logged
+    trials (added to an in-memory Optuna study); empty with fewer than two parameters or five trials."""
+    import optuna
+
+    rows = trials.dropna(subset=[objective, *swept])
+    if len(swept) < 2 or len(rows) < 5:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    spans = {p: (float(rows[p].min()), float(rows[p].max())) for p in swept}
+    dists = {p: optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1e-9) for p, (lo, hi) in spans.items()}
+    for _, row in rows.iterrows():
+        study.add_trial(optuna.trial.create_trial(params={p: float(row[p]) for p in swept}, distributions=dists, value=float(row[objective])))
+    return dict(optuna.importance.get_param_importances(study))

@@ -9,6 +9,7 @@ sampling and the seed.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,6 +85,10 @@ class _Context:
     data: StudyData
     fig_dir: Path
     figures: dict[str, Path] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    """The study's spec as its latest parent run logged it (empty when unreadable)."""
+    notes: list[str] = field(default_factory=list)
+    """What the headline must say about itself (e.g. an unconfirmed sweep)."""
 
     def figure(self, key: str, path: Path, caption: str) -> Figure:
         self.figures[key] = path
@@ -381,6 +386,73 @@ def _tables3_4(ctx: _Context) -> Section | str:
     return sec
 
 
+def _sweep(ctx: _Context) -> Section | str | None:
+    """The search and its confirmation; None (no section, nothing skipped) for a grid study."""
+    spec = ctx.spec
+    search = spec.get("search") or {}
+    if search.get("algorithm", "grid") == "grid":
+        return None
+    objective = search.get("metric") or ("trained_accuracy" if _filters(spec) else "accuracy")
+    mode = search.get("mode", "max")
+    ok = ctx.data.ok
+    phase = ok["phase"].fillna("search") if "phase" in ok else pd.Series("search", index=ok.index)
+    trials = ok[phase == "search"].sort_values("start_time")
+    swept = [p for p in spec.get("sweep", {}) if p in trials and trials[p].notna().any()]
+    if trials.empty or objective not in trials or not swept:
+        return f"no search trials with the objective {objective} and swept parameters"
+    path = figs.sweep_progress(trials, objective, swept, ctx.fig_dir / "sweep_search.png")
+    sec = Section("sweep", f"Sweep: {search['algorithm']} search for the best {objective}")
+    sec.blocks.append(ctx.figure("sweep", path, f"Search: {objective} per trial in search order with the running best (a); "
+                                 f"{objective} over {' × '.join(swept[:2])} (b)."))  # fmt: skip
+    importances = an.param_importances(trials, objective, swept, mode)
+    if importances:
+        sec.blocks.append(Table("Optuna parameter importances (fANOVA) of the search trials.", ["Parameter", "Importance"],
+                                [[p, f"{v:.3f}"] for p, v in importances.items()]))  # fmt: skip
+    confirm = ok[phase == "confirm"]
+    if confirm.empty:
+        sec.text(f"Confirmation skipped: the best point's {objective} below comes from the samplings it was "
+                 "chosen on, so it is optimistic by construction.")  # fmt: skip
+        ctx.notes.append(f"sweep not confirmed: the best {objective} is the search's own (optimistic) number")
+        best = trials.loc[trials[objective].idxmax() if mode == "max" else trials[objective].idxmin()]
+        sec.text(f"Best searched point: {an.label(best, swept)}, {objective} {an.fmt_value(float(best[objective]))} (n = 1, no CI).")
+        return sec
+    base_mask = np.ones(len(confirm), dtype=bool)
+    for p in ("gamma", "filter_lambda"):
+        if p in confirm:
+            base_mask &= confirm[p].fillna(0.0).to_numpy() == 0.0
+    baseline, best = confirm[base_mask], confirm[~base_mask]
+    if best.empty:
+        best = baseline
+    by_sampling = {name: dict(zip(part["sampling"], part[objective])) for name, part in (("best", best), ("baseline", baseline))}
+    delta = an.paired_difference(by_sampling["baseline"], by_sampling["best"])
+    point = an.label(best.iloc[0], swept)
+    sec.text(f"Best point (chosen by the search): {point}. Confirmed on {best['sampling'].nunique()} samplings the search "
+             "never saw, paired with the baseline (γ = 0, λ = 0) on the same samplings and seeds.")  # fmt: skip
+    sec.blocks.append(Table(
+        f"Confirmation: {objective} (%) on the confirmation samplings [95% bootstrap CI over samplings] and the paired "
+        "difference best − baseline (percentage points) with its sign-flip p.",
+        ["Point", "Samplings", f"{objective} (%)", "Baseline (%)", "Δ best − baseline (pp)", "p"],
+        [[point, str(delta["n_pairs"]), _pct(an.metric_ci(best[objective])), _pct(an.metric_ci(baseline[objective])),
+          _pp(delta), _p(delta)]],
+    ))  # fmt: skip
+    return sec
+
+
+def _logged_spec(data: StudyData) -> dict[str, Any]:
+    """The spec JSON of the latest parent run ({} when there is none or it does not parse)."""
+    for parent in reversed(data.parents):
+        try:
+            return json.loads(parent.data.params.get("spec", ""))
+        except ValueError:
+            continue
+    return {}
+
+
+def _filters(spec: dict[str, Any]) -> bool:
+    modes = {(spec.get("filter") or {}).get("filter_mode", "none"), *((spec.get("sweep") or {}).get("filter_mode", {}).get("grid") or [])}
+    return modes != {"none"}
+
+
 def _fig8(ctx: _Context) -> Section | str:
     records = ctx.data.records
     if records.empty:
@@ -435,7 +507,7 @@ def _compare(ctx: _Context, other: StudyData) -> Section:
     return sec
 
 
-SECTIONS: tuple[tuple[str, Callable[[_Context], Section | str]], ...] = (
+SECTIONS: tuple[tuple[str, Callable[[_Context], Section | str | None]], ...] = (
     ("fig3", _fig3),
     ("fig4_table1", _fig4_table1),
     ("fig6", _fig6),
@@ -444,6 +516,7 @@ SECTIONS: tuple[tuple[str, Callable[[_Context], Section | str]], ...] = (
     ("fig7", _fig7),
     ("tables3_4", _tables3_4),
     ("fig8", _fig8),
+    ("sweep", _sweep),
     ("table5", _table5),
 )
 
@@ -472,13 +545,15 @@ def build_report(
     out = Path(out_dir) if out_dir is not None else Path.cwd() / "reports" / _slug(experiment)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    ctx = _Context(data, fig_dir)
+    ctx = _Context(data, fig_dir, spec=_logged_spec(data))
 
     columns = an.varying(data.ok, an.CONFIG_COLUMNS)
     overview, head = _overview(ctx, columns)
     sections, skipped = [overview], {}
     for key, make in SECTIONS:
         result = make(ctx) if not data.ok.empty else "no finished trial"
+        if result is None:
+            continue
         if isinstance(result, str):
             skipped[key] = result
         else:
@@ -492,7 +567,7 @@ def build_report(
 
     title = f"raysem report: {experiment}"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    preamble = [f"Experiment {experiment} at {client.tracking_uri}; generated {stamp}. "
+    preamble = [*(f"Note: {note}." for note in ctx.notes), f"Experiment {experiment} at {client.tracking_uri}; generated {stamp}. "
                 "Numbers are means over trials with 95% bootstrap intervals over trials in brackets: BCa "
                 "(bias-corrected and accelerated, scipy.stats.bootstrap, 2,000 resamples), or percentile where BCa is "
                 "undefined; paired deltas carry a two-sided sign-flip permutation test (p)."]  # fmt: skip
@@ -506,6 +581,7 @@ def build_report(
         sections=[s.key for s in sections if s.key != "skipped"], skipped=skipped, figures=dict(ctx.figures),
         headline=head, n_trials=len(data.trials), n_failed=int(data.trials["failed"].sum()),
         n_duplicates=data.duplicates, parent_run_ids=[p.info.run_id for p in data.parents], compare=compare,
+        notes=list(ctx.notes),
     )  # fmt: skip
     if log_to_mlflow:
         if data.parents:

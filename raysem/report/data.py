@@ -46,7 +46,7 @@ PARAM_TYPES: dict[str, type] = {
     "filter_lambda": float, "replace": float, "mean_min": float, "mean_max": float,
     "study_kind": str, "group": str,
     "alpha": float, "dropout": float, "batch_size": int, "weight_decay": float,
-    "optimizer": str, "prompt_style": str, "answer_budget": str,
+    "optimizer": str, "prompt_style": str, "answer_budget": str, "phase": str,
 }  # fmt: skip
 """Trial params read back and the type each is parsed to (MLflow stores params as strings).
 
@@ -61,7 +61,7 @@ FEATURE_TRIALS_PER_MODEL = 50
 TRIAL_METRICS = (
     "accuracy", "token_accuracy", "generality", "locality", "locality_soft", "portability", "deviation_rate", "rd_mean",
     "rd_undefined", "bad_case_rate", "deviation_among_bad", "empty_among_bad", "dist_mean", "dist_var", "dist_undefined",
-    "n_facts", "empty_old",
+    "n_facts", "empty_old", "retained_accuracy", "replaced_accuracy", "trained_accuracy",
     "empty_new", "wall_s", "tokens", "final_loss",
 )  # fmt: skip
 """Trial metrics of the run contract; a trial that did not log one reads NaN."""

@@ -188,3 +188,27 @@ def filter_vs_random(frame: pd.DataFrame, baselines: dict[tuple[str, str], float
         ax.legend(fontsize="small")
     fig.suptitle("Figure 7: semantic data filtering vs random replacement (bars: 95% CI over trials)")
     return _save(fig, path)
+
+
+def sweep_progress(trials: pd.DataFrame, objective: str, swept: list[str], path: Path) -> Path:
+    """The search: its objective per trial in search order with the running best (a), and the objective
+    over the first two swept parameters (b; over the one parameter when only one was swept)."""
+    fig, axes = _figure(2)
+    axes = axes[0]
+    values = trials[objective].to_numpy(dtype=float)
+    order = np.arange(1, len(values) + 1)
+    axes[0].plot(order, values, "o", color="#888888", label="trial")
+    axes[0].plot(order, np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf)), "-", color="#1f77b4", label="running best")
+    axes[0].set_xlabel("trial (search order)")
+    axes[0].set_ylabel(objective)
+    axes[0].legend(fontsize=8)
+    x = trials[swept[0]].to_numpy(dtype=float)
+    if len(swept) > 1:
+        points = axes[1].scatter(x, trials[swept[1]].to_numpy(dtype=float), c=values, cmap="viridis")
+        fig.colorbar(points, ax=axes[1], label=objective)
+        axes[1].set_ylabel(swept[1])
+    else:
+        axes[1].plot(x, values, "o")
+        axes[1].set_ylabel(objective)
+    axes[1].set_xlabel(swept[0])
+    return _save(fig, path)

@@ -20,16 +20,22 @@ SENTENCE_OPENERS = frozenset(
     "the a an it its this that these those there here he she they we i you in on at as to for by from of "
     "according based yes no sure well however although while when what who which".split()
 )
-"""First words that start a sentence rather than name an entity ("The IAAF …" for the target "2006")."""
+"""First words that start a sentence rather than name an entity ("The artist who created …")."""
+ARTICLES = frozenset(("the", "a", "an"))
 
 
 def is_sentence_preface(answer: str, target: str) -> bool:
     """Whether ``answer`` starts like a sentence, not an entity: its first word is one of
-    ``SENTENCE_OPENERS`` and the target does not start with the same word ("The Hague" stays an entity)."""
-    words, target_words = answer.strip().lower().split(), target.strip().lower().split()
-    if not words or words[0].strip(",.:;") not in SENTENCE_OPENERS:
+    ``SENTENCE_OPENERS``, except an article before a capitalised word or a number ("The Danube",
+    "The New York Times" are entities; "The artist who …", "The" alone, "He was …" are not), and
+    except where the target starts with the same word ("The Hague" for "The Hague Convention")."""
+    words = answer.strip().split()
+    if not words or words[0].lower().strip(",.:;") not in SENTENCE_OPENERS:
         return False
-    return not target_words or target_words[0] != words[0]
+    if words[0].lower() in ARTICLES and len(words) > 1 and (words[1][0].isupper() or words[1][0].isdigit()):
+        return False
+    target_words = target.strip().lower().split()
+    return not target_words or target_words[0] != words[0].lower()
 
 
 def normalize_answer(text: str, ignore_case: bool = False) -> str:

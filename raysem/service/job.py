@@ -44,6 +44,14 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
         f"raysem: study {outcome.name}: {outcome.trials} trials in {outcome.wall_s:.1f} s ({rate:,.0f} trials/hour); "
         f"MLflow experiment {outcome.experiment!r} at {outcome.tracking_uri}"
     )
+    if outcome.best_point is not None:
+        from raysem.report.analysis import fmt_value
+
+        best = ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(outcome.best_point.items()))
+        confirm = spec.search.confirm
+        print(f"raysem: best point by {spec.objective}: {best}; "
+              + (f"confirmed with the baseline on {confirm.n_samplings} fresh samplings (seed {confirm.seed})" if confirm
+                 else "NOT confirmed (no search.confirm): its number comes from the samplings it was chosen on"))  # fmt: skip
     if outcome.pending:
         print(f"raysem: {outcome.pending} trial results wait in {outcome.storage / 'pending'}; run `raysem sync`")
     if spec.report and not args.no_report and outcome.parent_run_id:

@@ -84,13 +84,27 @@ class Filter(BaseModel):
         return self
 
 
+class Confirm(BaseModel):
+    """Samplings the search never sees, on which the best point and the baseline are run, paired."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_samplings: int = Field(10, ge=2)
+    seed: int = Field(description="draws the confirmation samplings; must differ from sampling.seed")
+
+
 class Search(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     algorithm: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, description="draws per grid point (random/optuna: trials)")
-    metric: str = "accuracy"
+    metric: str | None = Field(
+        None,
+        description="the trial metric the search optimises; default trained_accuracy when the study filters "
+        "(accuracy on the facts actually trained, which the replaced facts do not cap), else accuracy",
+    )
     mode: Literal["max", "min"] = "max"
+    confirm: Confirm | None = Field(None, description="random/optuna: run the best point and the baseline on fresh samplings")
 
 
 class Resources(BaseModel):
@@ -181,6 +195,12 @@ class StudySpec(BaseModel):
                 raise ValueError(f"grid search needs grid/choice dimensions; {bad} are distributions")
         if self.search.algorithm == "optuna" and any(d.grid is not None for d in self.sweep.values()):
             raise ValueError("optuna search takes choice/uniform/loguniform/randint dimensions, not grid")
+        if self.search.confirm is not None:
+            if self.search.algorithm == "grid":
+                raise ValueError("search.confirm follows a random or optuna search; a grid already runs every point")
+            if self.search.confirm.seed == self.sampling.seed:
+                raise ValueError(f"search.confirm.seed must differ from sampling.seed ({self.sampling.seed}): "
+                                 "confirmation samplings are the ones the search never saw")  # fmt: skip
         for entry in self.exclude:
             if self.search.algorithm != "grid" or not entry or set(entry) - set(self.sweep):
                 raise ValueError(f"exclude: {entry} must name swept dimensions of a grid search ({sorted(self.sweep)})")
@@ -217,6 +237,11 @@ class StudySpec(BaseModel):
         """Whether any trial of the study filters or randomly replaces its training set."""
         modes = {self.filter.filter_mode, *(self.sweep["filter_mode"].values() if "filter_mode" in self.sweep else [])}
         return modes != {"none"}
+
+    @property
+    def objective(self) -> str:
+        """The metric a search optimises (see ``Search.metric``)."""
+        return self.search.metric or ("trained_accuracy" if self.filters() else "accuracy")
 
     @property
     def prompting(self) -> Prompting:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import tune
 
@@ -68,7 +69,8 @@ def count_trials(spec: StudySpec) -> int:
     if spec.search.algorithm == "grid":
         per_point = [spec.sampling.n_for(int(p.get("k", spec.sampling.k))) for p in spec.grid_points()]
         return sum(per_point) * spec.search.num_samples
-    return spec.search.num_samples * spec.sampling.n_for(spec.sampling.k)
+    confirm = 2 * spec.search.confirm.n_samplings if spec.search.confirm else 0
+    return spec.search.num_samples * spec.sampling.n_for(spec.sampling.k) + confirm
 
 
 def trial_params(spec: StudySpec, point: dict[str, Any], sampling: int, k: int, cfg_dump: dict[str, Any]) -> dict[str, Any]:
@@ -152,13 +154,17 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
     spec = StudySpec.model_validate_json(context.spec_json)
     unit = config.get("unit", config)
     point, samplings = dict(unit["point"]), list(unit["samplings"])
+    phase = unit.get("phase", "grid" if spec.search.algorithm == "grid" else "search")
     k = int(point.get("k", spec.sampling.k))
     facts = [Fact.from_dict(f) for f in context.facts]
     base = base_lookup(context.table)
-    sets = sample_fact_sets(facts, k, spec.sampling.n_for(k), spec.sampling.seed)
+    if phase == "confirm":
+        sets = sample_fact_sets(facts, k, spec.search.confirm.n_samplings, spec.search.confirm.seed)
+    else:
+        sets = sample_fact_sets(facts, k, spec.sampling.n_for(k), spec.sampling.seed)
     import ray
 
-    keys = {s: trial_key(point, s, k) for s in samplings}
+    keys = {s: trial_key({**point, "phase": "confirm"} if phase == "confirm" else point, s, k) for s in samplings}
     done = set(ray.get(context.logger.done_among.remote(list(keys.values()))))
     base_seed = int(spec.trial.get("seed", 0))
     todo = []
@@ -196,15 +202,15 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
                 results.append((key, s, cfg, _failed_result(key, cfg.model_dump(), test, test, error), error))
                 traceback.print_exc()
 
-    accuracies = []
+    objective = []
     for key, s, cfg, result, error in results:
         result.aggregates.setdefault("failed", 1.0 if error else 0.0)
-        params = trial_params(spec, point, s, k, cfg.model_dump())
+        params = {**trial_params(spec, point, s, k, cfg.model_dump()), "phase": phase}
         ray.get(context.logger.record.remote(key, params, result, error))
         if not error:
-            accuracies.append(result.aggregates["accuracy"])
+            objective.append(result.aggregates.get(spec.objective, float("nan")))
     return {
-        "accuracy": sum(accuracies) / len(accuracies) if accuracies else float("nan"),
+        spec.objective: float(np.nanmean(objective)) if np.isfinite(objective).any() else float("nan"),
         "trials_run": float(len(results)),
         "trials_skipped": float(len(samplings) - len(todo)),
         "trials_failed": float(sum(1 for r in results if r[4])),
@@ -243,8 +249,11 @@ def study_facts(spec: StudySpec) -> tuple[FactSet, list[Fact]]:
     if spec.filters():
         return factset, factset.facts
     used: dict[str, Fact] = {}
-    for k in spec.ks():
-        for fact_set in sample_fact_sets(factset.facts, k, spec.sampling.n_for(k), spec.sampling.seed):
+    draws = [(k, spec.sampling.n_for(k), spec.sampling.seed) for k in spec.ks()]
+    if spec.search.confirm:
+        draws += [(k, spec.search.confirm.n_samplings, spec.search.confirm.seed) for k in spec.ks()]
+    for k, n, seed in draws:
+        for fact_set in sample_fact_sets(factset.facts, k, n, seed):
             used.update((f.id, f) for f in fact_set)
     return factset, list(used.values())
 
@@ -275,6 +284,8 @@ class StudyOutcome:
     wall_s: float
     pending: int
     storage: Path
+    best_point: dict[str, Any] | None = None
+    """The searched point with the best objective (random / Optuna searches)."""
 
 
 def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
@@ -296,8 +307,24 @@ def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
         return {"point": dims, "samplings": everything}, None, spec.search.num_samples
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(metric=spec.search.metric, mode=spec.search.mode, seed=spec.sampling.seed)
+    searcher = OptunaSearch(metric=spec.objective, mode=spec.search.mode, seed=spec.sampling.seed)
     return {"point": dims, "samplings": everything}, searcher, spec.search.num_samples
+
+
+def best_point(spec: StudySpec, results: tune.ResultGrid) -> dict[str, Any]:
+    """The searched point with the best objective (NaN results ignored)."""
+    best = results.get_best_result(metric=spec.objective, mode=spec.search.mode, filter_nan_and_inf=True)
+    return dict(best.config.get("unit", best.config)["point"])
+
+
+def confirmation_units(spec: StudySpec, best: dict[str, Any]) -> list[dict[str, Any]]:
+    """The best point and its baseline (γ = 0, λ = 0) on the confirmation samplings, paired by sampling."""
+    baseline = {**best, **{name: 0.0 for name in ("gamma", "filter_lambda") if name in best}}
+    points = [best] if baseline == best else [best, baseline]
+    samplings = list(range(spec.search.confirm.n_samplings))
+    size = spec.pack_size if packs(spec, best) else 1
+    blocks = [samplings[i : i + size] for i in range(0, len(samplings), size)]
+    return [{"point": p, "samplings": block, "phase": "confirm"} for p in points for block in blocks]
 
 
 def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = False) -> StudyOutcome:
@@ -360,9 +387,32 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     # Results live in MLflow and the pending store; with the per-trial loggers off, the ResultGrid
     # that fit() builds finds no result.json and would warn once per trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    tuner.fit()
+    results = tuner.fit()
+    best = None
+    if spec.search.algorithm != "grid":
+        best = best_point(spec, results)
+        if spec.search.confirm:
+            _confirm(spec, best, trainable, storage, progress, resume)
     if parent_id:
         tracking.finish_study(uri, parent_id)
     left = ray.get(logger.pending_count.remote())
     ray.kill(logger)
-    return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage)
+    return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best)
+
+
+def _confirm(spec: StudySpec, best: dict[str, Any], trainable: Any, storage: Path, progress: "Progress", resume: bool) -> None:
+    """Run the confirmation units as a grid of their own (``<name>-confirm``); resumable like any study."""
+    folder = storage / f"{spec.name}-confirm"
+    if resume and tune.Tuner.can_restore(str(folder)):
+        tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"unit": tune.grid_search(confirmation_units(spec, best))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=folder.name, storage_path=str(storage), callbacks=[progress], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures, fail_fast=spec.failure.fail_fast),
+            ),
+        )  # fmt: skip
+    tuner.fit()

@@ -168,6 +168,29 @@ def trial_analysis(lm: LoadedModel, test_facts: Sequence[Fact]) -> dict[str, Any
     return analysis
 
 
+def _accuracy_by_training(
+    lm: LoadedModel,
+    embedder: AnswerEmbedder,
+    train_facts: Sequence[Fact],
+    test_facts: Sequence[Fact],
+    records: list[dict[str, Any]],
+    base: dict[str, BaseRecord],
+    cfg: TrialConfig,
+) -> dict[str, float]:
+    """Retained / replaced / trained accuracy (see :func:`finish_trial`); the plain accuracy for all three
+    when the training set is the test set."""
+    trained, tested = {f.id for f in train_facts}, {f.id for f in test_facts}
+    retained = [r["exact_match"] for r in records if r["fact_id"] in trained]
+    replaced = [r["exact_match"] for r in records if r["fact_id"] not in trained]
+    added = [f for f in train_facts if f.id not in tested]
+    added_hits = [r["exact_match"] for r in evaluate_facts(lm, added, base, embedder, ignore_case=cfg.ignore_case)] if added else []
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else math.nan
+
+    return {"retained_accuracy": mean(retained), "replaced_accuracy": mean(replaced), "trained_accuracy": mean(retained + added_hits)}
+
+
 def finish_trial(
     lm: LoadedModel,
     embedder: AnswerEmbedder,
@@ -188,9 +211,15 @@ def finish_trial(
     ``dist_var`` taken over the TRAINING facts' defined target distances (``dist_undefined``: how many
     training facts had none, an empty y_old), plus ``steps``, ``tokens``,
     ``final_loss`` and ``wall_s`` (seconds since ``started``, a ``time.perf_counter()`` value).
+
+    When the training set is not the test set (data filtering), accuracy is also split by what was
+    trained: ``retained_accuracy`` on test facts still in the training set, ``replaced_accuracy``
+    on those replaced (never trained), and ``trained_accuracy`` on every fact actually trained
+    (the retained ones and the added ones, which are evaluated for it).
     """
     records = evaluate_facts(lm, test_facts, base, embedder, ignore_case=cfg.ignore_case)
     aggregates = aggregate(records)
+    aggregates.update(_accuracy_by_training(lm, embedder, train_facts, test_facts, records, base, cfg))
     train_dist = np.array([base[f.id]["dist_old"] for f in train_facts], dtype=float)
     finite = train_dist[~np.isnan(train_dist)]
     aggregates.update(

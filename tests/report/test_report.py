@@ -335,3 +335,15 @@ def test_labels_round_swept_floats_and_single_trials_say_no_ci():
     assert fmt_value(float("nan")) == "—" and fmt_value("lora") == "lora"
     assert _ci_text(Estimate(0.6, float("nan"), float("nan")), 1) == "0.60 (n = 1, no CI)"
     assert _ci_text(Estimate(0.6, 0.5, 0.7), 5) == "0.60 [0.50, 0.70]"
+
+
+def test_param_importances_find_the_parameter_that_matters():
+    from raysem.report.analysis import param_importances
+
+    rng = np.random.default_rng(0)
+    trials = pd.DataFrame({"gamma": rng.uniform(0, 2, 30), "filter_lambda": rng.uniform(0, 4, 30)})
+    trials["trained_accuracy"] = 0.2 + 0.1 * trials["gamma"] + rng.normal(0, 0.005, 30)
+    importances = param_importances(trials, "trained_accuracy", ["gamma", "filter_lambda"], "max")
+    assert set(importances) == {"gamma", "filter_lambda"} and importances["gamma"] > 0.8
+    assert param_importances(trials.head(4), "trained_accuracy", ["gamma", "filter_lambda"], "max") == {}
+    assert param_importances(trials, "trained_accuracy", ["gamma"], "max") == {}

@@ -145,7 +145,7 @@ def test_summary_counts_empty_answers():
     assert stats["std"] == pytest.approx(math.sqrt((0.09 + 0.01 + 0.16) / 3))
     assert (stats["min"], stats["max"]) == (0.2, 0.9)
     assert stats["preface"] == 0 and stats["train_tokens"] == 11.0
-    frame = _frame([0.2, 0.3, 0.4]).assign(y_old=["The IAAF", "The Hague", "John Williams"], target=["2006", "The Hague", "Tolkien"])
+    frame = _frame([0.2, 0.3, 0.4]).assign(y_old=["The artist who", "The Hague", "John Williams"], target=["2006", "The Hague", "Tolkien"])
     assert summary(frame)["preface"] == 1
 
 

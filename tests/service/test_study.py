@@ -49,6 +49,17 @@ def trial_runs(uri: str, experiment: str):
     return client, client.search_runs([exp.experiment_id], filter_string="tags.`raysem.role` = 'trial'", max_results=1000)
 
 
+def interrupt_after_two_runs(command: list[str], cwd: Path, env: dict[str, str], spec) -> None:
+    """Start a study job, and interrupt it (SIGINT to its process group) once two trial runs are logged."""
+    first = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2:
+        time.sleep(0.5)
+    assert first.poll() is None, "the study finished before it could be interrupted"
+    os.killpg(first.pid, signal.SIGINT)
+    first.wait(timeout=120)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
@@ -101,13 +112,7 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path, tiny_model_dir):
     spec = load_spec(path)
     command = [sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2:
-        time.sleep(1)
-    assert first.poll() is None, "the study finished before it could be interrupted"
-    os.killpg(first.pid, signal.SIGINT)
-    first.wait(timeout=120)
+    interrupt_after_two_runs(command, tmp_path, env, spec)
     done_before = len(trial_runs(spec.tracking.uri, spec.experiment)[1])
     assert 2 <= done_before < count_trials(spec)
 
@@ -116,3 +121,48 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path, tiny_model_dir):
     runs = trial_runs(spec.tracking.uri, spec.experiment)[1]
     keys = [r.data.tags["raysem.trial_key"] for r in runs if r.info.status == "FINISHED"]
     assert len(keys) == len(set(keys)) == count_trials(spec) == 12
+
+
+def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_model_dir):
+    """An Optuna γ × λ search interrupted mid-search resumes without re-running or duplicating a trial; then
+    the best point and the baseline (γ = 0, λ = 0) run once on confirmation samplings, paired; the report
+    has a sweep section with the confirmed difference."""
+    import ray
+
+    from raysem.report.build import build_report
+
+    ray.shutdown()
+    path = tiny_spec(
+        tmp_path, tiny_model_dir, "searched", sampling={"k": 3, "n_samplings": 2, "seed": 0}, sweep={
+            "gamma": {"uniform": [0.0, 2.0]}, "filter_lambda": {"uniform": [0.0, 4.0]}},
+        filter={"filter_mode": "filter", "replace": 0.5}, report=False,
+        search={"algorithm": "optuna", "num_samples": 4, "confirm": {"n_samplings": 2, "seed": 5}},
+    )  # fmt: skip
+    spec = load_spec(path)
+    assert spec.objective == "trained_accuracy"
+    command = [sys.executable, str(REPO_ROOT / "jobs" / "gamma_lambda_sweep.py"), "--spec", str(path)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    interrupt_after_two_runs(command, tmp_path, env, spec)
+    assert len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < count_trials(spec)
+
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "best point by trained_accuracy" in resumed.stdout and "confirmed with the baseline on 2 fresh samplings" in resumed.stdout
+    runs = trial_runs(spec.tracking.uri, spec.experiment)[1]
+    keys = [r.data.tags["raysem.trial_key"] for r in runs]
+    assert len(keys) == len(set(keys)) and all(r.info.status == "FINISHED" for r in runs)
+    phases = pd.Series([r.data.params["phase"] for r in runs]).value_counts().to_dict()
+    assert phases == {"search": 4 * 2, "confirm": 2 * 2}
+    confirm = [r for r in runs if r.data.params["phase"] == "confirm"]
+    points = {(r.data.params["gamma"], r.data.params["filter_lambda"]) for r in confirm}
+    assert ("0.0", "0.0") in points and len(points) == 2
+    assert sorted(r.data.params["sampling"] for r in confirm) == ["0", "0", "1", "1"]
+    assert all("trained_accuracy" in r.data.metrics and "retained_accuracy" in r.data.metrics for r in runs)
+
+    again = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
+    assert again.returncode == 0 and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) == len(runs), "confirmation runs once"
+
+    summary = build_report(spec.experiment, tracking_uri=spec.tracking.uri, out_dir=tmp_path / "report", log_to_mlflow=False)
+    assert "sweep" in summary.sections and "sweep" in summary.figures
+    text = summary.markdown.read_text()
+    assert "Confirmation: trained_accuracy" in text and "Δ best − baseline" in text

@@ -351,3 +351,9 @@ def test_filtered_training_set_trains_on_k_star_and_tests_on_k(resident):
     assert result.train_ids == [f.id for f in train] and result.test_ids == [f.id for f in test]
     assert [r["fact_id"] for r in result.records] == [f.id for f in test]
     assert result.aggregates["dist_undefined"] == sum(math.isnan(base[f.id]["dist_old"]) for f in train)
+    hits = {r["fact_id"]: r["exact_match"] for r in result.records}
+    agg = result.aggregates
+    assert agg["retained_accuracy"] == pytest.approx(np.mean([hits["q0"], hits["q2"]]))
+    assert agg["replaced_accuracy"] == pytest.approx(np.mean([hits["q1"], hits["q3"]]))
+    added = run_trial(resident, train, [f for f in train if f.id in ("q4", "q5")], base, TrialConfig(steps=2, batch_size=2))
+    assert agg["trained_accuracy"] == pytest.approx(np.mean([hits["q0"], hits["q2"], *(r["exact_match"] for r in added.records)]))
