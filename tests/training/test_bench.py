@@ -7,6 +7,7 @@ import json
 from rich.console import Console
 from typer.testing import CliRunner
 
+from conftest import shared_file
 from raysem.cli.bench import bench_app, render_table
 from raysem.training.bench import ModelShape
 from raysem.training.config import TrialConfig
@@ -29,6 +30,7 @@ def test_flop_count_of_the_tiny_llama(tiny):
 
 
 def test_quick_bench_json(tiny_model_dir):
+    shared_file("zsre/zsre_mend_eval_1037.json")  # the benchmark's facts are ZsRE's: skip without the copy
     args = ["--quick", "--json", "--model", str(tiny_model_dir), "--steps", "2"]
     args += ["--naive-trials", "1", "--resident-trials", "2", "--pack-sizes", "2,3"]
     result = CliRunner().invoke(bench_app, args)
