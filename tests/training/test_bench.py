@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from conftest import shared_file
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import shared_file
 from raysem.cli.bench import bench_app, render_table
 from raysem.training.bench import ModelShape
 from raysem.training.config import TrialConfig
