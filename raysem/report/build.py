@@ -392,7 +392,7 @@ def _sweep(ctx: _Context) -> Section | str | None:
     search = spec.get("search") or {}
     if search.get("algorithm", "grid") == "grid":
         return None
-    objective = search.get("metric") or ("trained_accuracy" if _filters(spec) else "accuracy")
+    objective = ctx.data.parents[-1].data.params.get("objective", "accuracy")  # StudySpec.objective, as logged
     mode = search.get("mode", "max")
     ok = ctx.data.ok
     phase = ok["phase"].fillna("search") if "phase" in ok else pd.Series("search", index=ok.index)
@@ -446,11 +446,6 @@ def _logged_spec(data: StudyData) -> dict[str, Any]:
         except ValueError:
             continue
     return {}
-
-
-def _filters(spec: dict[str, Any]) -> bool:
-    modes = {(spec.get("filter") or {}).get("filter_mode", "none"), *((spec.get("sweep") or {}).get("filter_mode", {}).get("grid") or [])}
-    return modes != {"none"}
 
 
 def _fig8(ctx: _Context) -> Section | str:

@@ -352,7 +352,9 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         if resume and parent_file.exists():
             parent_id = parent_file.read_text().strip()
         else:
-            parent_id = tracking.start_study(uri, spec.experiment, spec.name, tags, {"spec": spec.model_dump_json()})
+            parent_id = tracking.start_study(
+                uri, spec.experiment, spec.name, tags, {"spec": spec.model_dump_json(), "objective": spec.objective}
+            )
             study_dir.mkdir(parents=True, exist_ok=True)
             parent_file.write_text(parent_id)
     except tracking.TrackingUnavailable as exc:
@@ -363,27 +365,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources=spec.resources.bundle())
     total = count_trials(spec)
     progress = Progress(total)
-    if resume and tune.Tuner.can_restore(str(study_dir)):
-        tuner = tune.Tuner.restore(str(study_dir), trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        param_space, searcher, num_samples = _param_space(spec)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                num_samples=num_samples,
-                max_concurrent_trials=spec.max_concurrent,
-                reuse_actors=True,
-                search_alg=searcher,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=str(storage),
-                failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures, fail_fast=spec.failure.fail_fast),
-                callbacks=[progress],
-                verbose=0,
-            ),
-        )
+    param_space, searcher, num_samples = _param_space(spec)
+    tuner = _tuner(spec, trainable, study_dir, param_space, searcher, num_samples, progress, resume)
     # Results live in MLflow and the pending store; with the per-trial loggers off, the ResultGrid
     # that fit() builds finds no result.json and would warn once per trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -400,19 +383,31 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best)
 
 
+def _tuner(
+    spec: StudySpec, trainable: Any, folder: Path, param_space: dict[str, Any], searcher: Any, num_samples: int,
+    progress: "Progress", resume: bool,
+) -> tune.Tuner:
+    """The Tuner of one Tune run in ``folder`` (its name under the storage path): restored when resuming
+    and restorable, else new with the spec's concurrency and failure policy."""
+    if resume and tune.Tuner.can_restore(str(folder)):
+        return tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples, max_concurrent_trials=spec.max_concurrent, reuse_actors=True, search_alg=searcher
+        ),
+        run_config=tune.RunConfig(
+            name=folder.name,
+            storage_path=str(folder.parent),
+            failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures, fail_fast=spec.failure.fail_fast),
+            callbacks=[progress],
+            verbose=0,
+        ),
+    )
+
+
 def _confirm(spec: StudySpec, best: dict[str, Any], trainable: Any, storage: Path, progress: "Progress", resume: bool) -> None:
     """Run the confirmation units as a grid of their own (``<name>-confirm``); resumable like any study."""
-    folder = storage / f"{spec.name}-confirm"
-    if resume and tune.Tuner.can_restore(str(folder)):
-        tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"unit": tune.grid_search(confirmation_units(spec, best))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=folder.name, storage_path=str(storage), callbacks=[progress], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures, fail_fast=spec.failure.fail_fast),
-            ),
-        )  # fmt: skip
-    tuner.fit()
+    units = {"unit": tune.grid_search(confirmation_units(spec, best))}
+    _tuner(spec, trainable, storage / f"{spec.name}-confirm", units, None, 1, progress, resume).fit()

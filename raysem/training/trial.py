@@ -169,26 +169,19 @@ def trial_analysis(lm: LoadedModel, test_facts: Sequence[Fact]) -> dict[str, Any
 
 
 def _accuracy_by_training(
-    lm: LoadedModel,
-    embedder: AnswerEmbedder,
-    train_facts: Sequence[Fact],
-    test_facts: Sequence[Fact],
-    records: list[dict[str, Any]],
-    base: dict[str, BaseRecord],
-    cfg: TrialConfig,
+    train_facts: Sequence[Fact], records: list[dict[str, Any]], added_records: list[dict[str, Any]]
 ) -> dict[str, float]:
-    """Retained / replaced / trained accuracy (see :func:`finish_trial`); the plain accuracy for all three
-    when the training set is the test set."""
-    trained, tested = {f.id for f in train_facts}, {f.id for f in test_facts}
+    """Retained / replaced / trained accuracy (see :func:`finish_trial`) from the test records and those
+    of the added training facts; the plain accuracy for all three when the training set is the test set."""
+    trained = {f.id for f in train_facts}
     retained = [r["exact_match"] for r in records if r["fact_id"] in trained]
     replaced = [r["exact_match"] for r in records if r["fact_id"] not in trained]
-    added = [f for f in train_facts if f.id not in tested]
-    added_hits = [r["exact_match"] for r in evaluate_facts(lm, added, base, embedder, ignore_case=cfg.ignore_case)] if added else []
 
     def mean(values: list[float]) -> float:
         return float(np.mean(values)) if values else math.nan
 
-    return {"retained_accuracy": mean(retained), "replaced_accuracy": mean(replaced), "trained_accuracy": mean(retained + added_hits)}
+    added = [r["exact_match"] for r in added_records]
+    return {"retained_accuracy": mean(retained), "replaced_accuracy": mean(replaced), "trained_accuracy": mean(retained + added)}
 
 
 def finish_trial(
@@ -217,9 +210,12 @@ def finish_trial(
     on those replaced (never trained), and ``trained_accuracy`` on every fact actually trained
     (the retained ones and the added ones, which are evaluated for it).
     """
-    records = evaluate_facts(lm, test_facts, base, embedder, ignore_case=cfg.ignore_case)
+    tested = {f.id for f in test_facts}
+    added = [f for f in train_facts if f.id not in tested]
+    evaluated = evaluate_facts(lm, [*test_facts, *added], base, embedder, ignore_case=cfg.ignore_case)  # one decoding pass
+    records = evaluated[: len(test_facts)]
     aggregates = aggregate(records)
-    aggregates.update(_accuracy_by_training(lm, embedder, train_facts, test_facts, records, base, cfg))
+    aggregates.update(_accuracy_by_training(train_facts, records, evaluated[len(test_facts) :]))
     train_dist = np.array([base[f.id]["dist_old"] for f in train_facts], dtype=float)
     finite = train_dist[~np.isnan(train_dist)]
     aggregates.update(
