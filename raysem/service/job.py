@@ -20,10 +20,18 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
     parser.add_argument("--storage", default=None, help="Ray storage path (overrides the spec)")
     parser.add_argument("--report-dir", default=None, help="where the report goes (default: <storage>/../reports/<name>)")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+        help="override one spec field, dotted path and YAML value (e.g. sampling.n_samplings=20); repeatable",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    overrides: dict = {}
+    try:
+        overrides = parse_sets(args.sets)
+    except SpecError as exc:
+        print(f"raysem: {exc}", file=sys.stderr)
+        return 2
     if args.tracking_uri:
-        overrides["tracking"] = {"uri": args.tracking_uri}
+        overrides.setdefault("tracking", {})["uri"] = args.tracking_uri
     if args.storage:
         overrides["storage_path"] = args.storage
     try:
@@ -36,7 +44,7 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
 
     try:
         outcome = run_study(spec, address=args.address, resume=args.resume)
-    except ResourceError as exc:
+    except (ResourceError, SpecError) as exc:
         print(f"raysem: {exc}", file=sys.stderr)
         return 2
     rate = outcome.trials / outcome.wall_s * 3600 if outcome.wall_s else 0.0
@@ -61,6 +69,34 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
         summary = build_report(spec.experiment, tracking_uri=outcome.tracking_uri, out_dir=out)
         print(f"raysem: report written to {out}\n{summary.describe()}")
     return 0
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a": {"b": 1}, "c": ["x", "y"]}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        path, sep, text = item.partition("=")
+        keys = path.strip().split(".")
+        if not sep or not all(keys):
+            raise SpecError(f"--set {item!r}: expected FIELD=VALUE with a dotted field path, e.g. sampling.n_samplings=20")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {item!r}: {key!r} was already set to a value, not a mapping")
+        node[keys[-1]] = value
+    return out
 
 
 def run_as_script(module_name: str, description: str | None) -> None:

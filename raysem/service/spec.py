@@ -169,6 +169,9 @@ class StudySpec(BaseModel):
     failure: Failure = Failure()
     tracking: Tracking = Tracking()
     storage_path: str = "raysem-out/ray"
+    storage_shared: bool | None = Field(
+        None, description="whether every node reaches storage_path; None: judged from its filesystem type (NFS, EFS, …)"
+    )
     report: bool = True
     quick: dict[str, Any] = Field(default_factory=dict, description="overrides applied with --quick")
 

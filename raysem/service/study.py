@@ -27,6 +27,7 @@ from ray import tune
 from raysem.data.facts import Fact, FactSet
 from raysem.service import tracking
 from raysem.service.spec import FILTER_FIELDS, StudySpec
+from raysem.service.storage import check_storage, cluster_hosts
 from raysem.training.results import TrialResult
 
 # Tune's per-trial loggers and frequent experiment snapshots make the driver the bottleneck at thousands of trials.
@@ -337,6 +338,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True)
     check_resources(spec)
+    check_storage(spec.storage_path, hosts=cluster_hosts(), autoscaling=spec.resources.expect_autoscaling,
+                  declared_shared=spec.storage_shared)  # fmt: skip
     uri = tracking.absolute_uri(spec.tracking.uri)
     storage = Path(spec.storage_path).resolve()
     study_dir = storage / spec.name

@@ -105,3 +105,21 @@ def test_broken_copy_fails_validation(config, break_it):
     break_it(broken)
     with pytest.raises(jsonschema.ValidationError):
         validate_config(broken)
+
+
+def test_specs_store_on_the_shared_mount_every_node_sets_up(config):
+    """Ray Tune / Train on several nodes need storage every node reaches: each node mounts one NFS (EFS) file
+    system, owned by the ssh user, and every cluster spec keeps its storage there (the quick overrides stay local)."""
+    mounts = [shlex.split(c) for c in config["setup_commands"] if " mount -t " in c]
+    assert len(mounts) == 1, "setup_commands (run on every node) mount the shared file system once"
+    argv = mounts[0]
+    mountpoint = argv[-1]
+    assert argv[argv.index("-t") + 1] in ("nfs4", "nfs", "efs")
+    assert any("chown" in c and mountpoint in c for c in config["setup_commands"]), "the ssh user can write there"
+    for spec_file in sorted((REPO_ROOT / "jobs").glob("*.yaml")):
+        raw = yaml.safe_load(spec_file.read_text())
+        if not raw.get("resources", {}).get("expect_autoscaling"):
+            continue  # a local job (the README's main job), not a cluster spec
+        assert Path(raw["storage_path"]).is_relative_to(mountpoint), f"{spec_file.name}: {raw['storage_path']} is off {mountpoint}"
+        quick = raw.get("quick", {}).get("storage_path")
+        assert quick is None or not Path(quick).is_absolute(), f"{spec_file.name}: the quick run stores locally"

@@ -125,3 +125,18 @@ def test_every_job_spec_validates(path):
             spec = load_spec(path, quick=quick)
         assert count_trials(spec) >= 1
         assert (JOBS / f"{path.stem}.py").exists()
+
+
+def test_set_overrides_reach_the_spec_and_bad_ones_are_named():
+    from raysem.service.job import parse_sets
+
+    sets = ["sampling.n_samplings=20", "trial.lr=2e-3", "sweep.gamma.grid=[0, 1]", "tracking.experiment=repro"]
+    spec = load_spec(Path("jobs/reweight.yaml").resolve(), overrides=parse_sets(sets))
+    assert (spec.sampling.n_samplings, spec.sampling.seed, spec.trial["lr"]) == (20, 3, 2e-3)
+    assert spec.sweep["gamma"].values() == [0, 1] and spec.experiment == "repro"
+    with pytest.raises(SpecError, match=r"--set 'steps'.*FIELD=VALUE"):
+        parse_sets(["steps"])
+    with pytest.raises(SpecError, match=r"--set 'trial.lr.x=1'.*'lr' was already set"):
+        parse_sets(["trial.lr=1", "trial.lr.x=1"])
+    with pytest.raises(SpecError, match=r"trial: lr: .*greater than 0"):
+        load_spec(Path("jobs/reweight.yaml").resolve(), overrides=parse_sets(["trial.lr=-1"]))
