@@ -193,6 +193,7 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
                         resources_per_worker=spec.resources.full_ft_worker or None,
                         storage_path=str(Path(spec.storage_path).resolve()), trial_id=key,
                         wait_for_resources=spec.resources.expect_autoscaling, prompting=spec.prompting,
+                        max_failures=spec.failure.max_failures,
                     )  # fmt: skip
                 else:
                     result = run_trial(_resident(spec), train, test, base, cfg, trial_id=key, analyses=spec.analyses)
@@ -263,10 +264,16 @@ class Progress(tune.Callback):
     """Prints trials done / total, rate and ETA as units finish (one line per unit, driver-side and cheap)."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.start = total, 0, time.time()
+        self.total, self.start = total, time.time()
+        self.per_unit: dict[str, int] = {}
+        """Trials each Tune trial (unit) accounts for; a unit retried after a fault counts once."""
+
+    @property
+    def done(self) -> int:
+        return sum(self.per_unit.values())
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.done += int(result.get("trials_run", 0) + result.get("trials_skipped", 0))
+        self.per_unit[trial.trial_id] = int(result.get("trials_run", 0) + result.get("trials_skipped", 0))
         failed = int(result.get("trials_failed", 0))
         elapsed = time.time() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0

@@ -216,6 +216,7 @@ def run_full_finetune(
     trial_id: str = "",
     wait_for_resources: bool = False,
     prompting: Prompting | None = None,
+    max_failures: int = 0,
 ) -> TrialResult:
     """Fine-tune every weight of ``model`` on ``train_facts`` with DeepSpeed ZeRO on ``cfg.num_workers``
     Ray Train workers, then evaluate ``test_facts``; the records follow ``raysem.training.results.RECORD_FIELDS``.
@@ -242,8 +243,13 @@ def run_full_finetune(
     own resources (Tune's default of 1 CPU) are separate from the workers', which the Train run
     reserves itself; cap ``TuneConfig(max_concurrent_trials=...)`` at the A100 GPUs divided by
     ``cfg.num_workers`` so that waiting drivers do not pile up.
+
+    A lost worker or node (a preempted A100 node) restarts the worker group up to ``max_failures`` times
+    (-1: forever), whatever Ray Train classes the failure as (training, controller or preemption);
+    beyond that ``fit`` raises ``ray.train.TrainingFailedError``, which is left to the caller (a Tune
+    trial fails, and Tune retries it under its own failure policy).
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if cfg.method != "full":
@@ -273,6 +279,9 @@ def run_full_finetune(
         run_config=RunConfig(
             name=f"full-finetune-{trial_id or uuid.uuid4().hex[:12]}",
             storage_path=storage_path,
+            failure_config=FailureConfig(
+                max_failures=max_failures, controller_failure_limit=max_failures, max_preemption_failures=max_failures
+            ),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}},
         ),
     )

@@ -1,0 +1,171 @@
+"""A study on a simulated multi-node Ray cluster (several raylets on this machine, ``ray.cluster_utils``):
+placement by custom resources, and a pool node lost mid-study.
+
+The head offers no CPUs (as in cluster.yaml); a "pool" node stands in for the GPU pool and an "A100"
+node for the full fine-tuning pool (CPUs stand in for GPUs)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+from raysem.service.spec import load_spec
+from raysem.service.study import count_trials, run_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    sim = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port()})
+    nodes = {"pool": sim.add_node(num_cpus=1, resources={"pool": 1}), "a100": sim.add_node(num_cpus=2, resources={"A100": 2})}
+    ray.init(address=sim.address)
+    yield sim, nodes
+    ray.shutdown()
+    sim.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cluster_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
+    data = {
+        "name": name,
+        "model": str(model_dir),
+        "dataset": "worldfacts",
+        "data_limit": 80,
+        "sampling": {"k": 2, "n_samplings": 2, "seed": 0},
+        "trial": {"method": "lora", "steps": 2, "lr": 1e-3, "num_workers": 2, "batch_size": 2},
+        "resources": {"cpu": 1, "custom": {"pool": 1}, "full_ft_worker": {"A100": 1, "CPU": 1}},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "storage_path": str(tmp_path / "ray"),
+        "report": False,
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def trial_runs(uri: str, experiment: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.`raysem.role` = 'trial'", max_results=1000)
+
+
+def exactly_once(uri: str, experiment: str, expected: int) -> None:
+    runs = trial_runs(uri, experiment)
+    keys = [r.data.tags["raysem.trial_key"] for r in runs]
+    statuses = {r.info.status for r in runs}
+    assert (len(keys), len(set(keys)), statuses) == (expected, expected, {"FINISHED"}), (len(keys), len(set(keys)), statuses)
+
+
+def test_trials_land_on_their_pools_and_the_logger_on_the_head(tmp_path, tiny_model_dir, cluster):
+    from ray.util.state import list_actors
+
+    sim, nodes = cluster
+    spec = load_spec(cluster_spec(tmp_path, tiny_model_dir, "placed", sweep={"method": {"grid": ["lora", "full"]}}))
+    outcome = run_study(spec, address=sim.address)
+    exactly_once(outcome.tracking_uri, spec.experiment, count_trials(spec))
+
+    where: dict[str, set[str]] = {}
+    for actor in list_actors(address=sim.address, detail=True, limit=1000):
+        where.setdefault(actor.class_name, set()).add(actor.node_id)
+    assert where["TrialLogger"] == {sim.head_node.node_id}, "the logger (and its pending store) stay on the head"
+    assert where["ImplicitFunc"] == {nodes["pool"].node_id}, "every Tune trial on the pool node"
+    train_workers = {node for name, ids in where.items() if name.startswith("RayTrainWorker") for node in ids}
+    assert train_workers == {nodes["a100"].node_id}, f"DeepSpeed workers only on the A100 node, got {where}"
+
+
+def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir, cluster):
+    """The pool node disappears mid-study (a preempted spot node: no graceful shutdown), a fresh one joins,
+    and the study finishes with every trial exactly once."""
+    sim, nodes = cluster
+    path = cluster_spec(
+        tmp_path, tiny_model_dir, "preempted", sampling={"k": 2, "n_samplings": 12, "seed": 1}, failure={"max_failures": 3},
+    )  # fmt: skip
+    spec = load_spec(path)
+    env = {**os.environ, "RAY_ADDRESS": sim.address}
+    command = [sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)]
+    job = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)) < 2 and job.poll() is None:
+        time.sleep(0.5)
+    logged = len(trial_runs(spec.tracking.uri, spec.experiment))
+    assert job.poll() is None and 2 <= logged < count_trials(spec), "the node must go while the study runs"
+    sim.remove_node(nodes["pool"], allow_graceful=False)
+    sim.add_node(num_cpus=1, resources={"pool": 1})
+    _, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stderr[-3000:]
+    counts = [int(m) for m in re.findall(r"\[raysem\] trials (\d+)/", stderr)]
+    assert max(counts) == count_trials(spec), f"progress counts a retried unit once: {counts}"
+    exactly_once(spec.tracking.uri, spec.experiment, count_trials(spec))
+    errors = [p.read_text() for p in (tmp_path / "ray" / spec.name).rglob("error.txt")]
+    assert errors and all(re.search(r"The actor \w+ (is unavailable|died)", e) for e in errors), (
+        "a running unit was lost with its node, and retried"
+    )
+
+
+def test_node_local_storage_is_refused_before_any_trial_when_nodes_may_join(tmp_path, tiny_model_dir, cluster):
+    from raysem.service.storage import StorageError, mount_of
+
+    sim, _ = cluster
+    if mount_of(tmp_path).shared:
+        pytest.skip(f"{tmp_path} is on a network filesystem here")
+    grows = {"cpu": 1, "custom": {"pool": 1}, "expect_autoscaling": True}
+    spec = load_spec(cluster_spec(tmp_path, tiny_model_dir, "grows", resources=grows))
+    with pytest.raises(StorageError, match=r"node-local filesystem.*expect_autoscaling lets nodes join.*/mnt/raysem"):
+        run_study(spec, address=sim.address)
+    assert trial_runs(spec.tracking.uri, spec.experiment) == []
+    shared = load_spec(cluster_spec(tmp_path, tiny_model_dir, "grows-shared", resources=grows, storage_shared=True))
+    run_study(shared, address=sim.address)
+    exactly_once(shared.tracking.uri, shared.experiment, count_trials(shared))
+
+
+def test_a_lost_a100_node_fails_the_full_finetune_trial_which_retries_once(tmp_path, tiny_model_dir, cluster):
+    """The A100 node goes during a DeepSpeed trial: Ray Train restarts the worker group once a fresh A100
+    node is up, as failure.max_failures allows (and says so), and every trial is logged exactly once."""
+    from ray.util.state import list_actors
+
+    sim, nodes = cluster
+    path = cluster_spec(
+        tmp_path, tiny_model_dir, "a100-lost", sampling={"k": 2, "n_samplings": 2, "seed": 2},
+        trial={"method": "full", "steps": 4, "lr": 1e-4, "num_workers": 2, "batch_size": 2}, failure={"max_failures": 1},
+    )  # fmt: skip
+    spec = load_spec(path)
+    env = {**os.environ, "RAY_ADDRESS": sim.address}
+    command = [sys.executable, str(REPO_ROOT / "jobs" / "full_finetune.py"), "--spec", str(path)]
+    job = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+    def training() -> bool:
+        actors = list_actors(address=sim.address, filters=[("state", "=", "ALIVE")], limit=1000)
+        return any(a.class_name.startswith("RayTrainWorker") for a in actors)
+
+    deadline = time.time() + 300
+    while time.time() < deadline and not training() and job.poll() is None:
+        time.sleep(0.2)
+    assert job.poll() is None and training(), "the node must go while DeepSpeed trains"
+    sim.remove_node(nodes["a100"], allow_graceful=False)
+    sim.add_node(num_cpus=2, resources={"A100": 2})
+    _, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stderr[-3000:]
+    exactly_once(spec.tracking.uri, spec.experiment, count_trials(spec))
+    assert re.search(r"\[FailurePolicy\] RETRY.*\n.*Error count: 1 \(max allowed: 1\)", stderr), "Ray Train retried per the spec"
