@@ -268,6 +268,11 @@ class Progress(tune.Callback):
         self.per_unit: dict[str, int] = {}
         """Trials each Tune trial (unit) accounts for; a unit retried after a fault counts once."""
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A restored Tuner unpickles its callbacks: count from now, as this run's units report."""
+        self.__dict__.update(state)
+        self.per_unit, self.start = {}, time.time()
+
     @property
     def done(self) -> int:
         return sum(self.per_unit.values())
