@@ -520,6 +520,23 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
 
 
+def headline_metrics(head: dict[str, dict[str, Any]]) -> list:
+    """The headline as MLflow metrics of the parent run, comparable across studies in the MLflow UI:
+    ``<metric>.<configuration>`` (mean) with ``.ci_low`` / ``.ci_high``, and ``n_trials.<configuration>``."""
+    from mlflow.entities import Metric
+
+    now, out = int(datetime.now(timezone.utc).timestamp() * 1000), []
+    for label, entry in head.items():
+        config = " ".join(re.sub(r"[^\w.\-]+", "", part.replace("=", "_")) for part in label.split(" · ")).strip() or "all"
+        out.append(Metric(f"n_trials.{config}", float(entry["n_trials"]), now, 0))
+        for metric, est in entry.items():
+            if isinstance(est, Estimate):
+                for suffix, value in (("", est.estimate), (".ci_low", est.low), (".ci_high", est.high)):
+                    if np.isfinite(value):
+                        out.append(Metric(f"{metric}.{config}{suffix}", float(value), now, 0))
+    return out
+
+
 def build_report(
     experiment: str,
     tracking_uri: str | None = None,
@@ -582,6 +599,7 @@ def build_report(
         if data.parents:
             summary.logged_run_id = data.parents[-1].info.run_id
             client.log_artifacts(summary.logged_run_id, str(out), artifact_path="report")
+            client.log_batch(summary.logged_run_id, metrics=headline_metrics(head))
         else:
             summary.notes.append("no parent study run in the experiment; the report was not logged to MLflow")
     return summary

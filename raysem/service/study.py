@@ -340,6 +340,17 @@ def confirmation_units(spec: StudySpec, best: dict[str, Any]) -> list[dict[str, 
     return [{"point": p, "samplings": block, "phase": "confirm"} for p in points for block in blocks]
 
 
+def spec_params(spec: StudySpec) -> dict[str, Any]:
+    """The spec flattened into dotted params for the MLflow UI (``sampling.k``, ``sweep.gamma.grid``, …),
+    with every trial setting as it takes effect (``trial.lr``: the method's default when the spec gives none)."""
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(f"{prefix}.{key}" if prefix else str(key), item).items()}
+        return {} if value is None else {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else value}
+
+    return {**flat("", spec.model_dump(exclude={"quick", "trial"})), **flat("trial", spec.trial_config().model_dump())}
+
+
 def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = False) -> StudyOutcome:
     """Run (or resume) a study on the Ray cluster at ``address`` (local Ray when none), logging to MLflow."""
     import ray
@@ -367,9 +378,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         if resume and parent_file.exists():
             parent_id = parent_file.read_text().strip()
         else:
-            parent_id = tracking.start_study(
-                uri, spec.experiment, spec.name, tags, {"spec": spec.model_dump_json(), "objective": spec.objective}
-            )
+            params = {"spec": spec.model_dump_json(), "objective": spec.objective, **spec_params(spec)}
+            parent_id = tracking.start_study(uri, spec.experiment, spec.name, tags, params)
             study_dir.mkdir(parents=True, exist_ok=True)
             parent_file.write_text(parent_id)
     except tracking.TrackingUnavailable as exc:

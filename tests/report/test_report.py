@@ -279,6 +279,16 @@ def test_report_logged_to_the_latest_parent_run(study):
     assert {"report/report.md", "report/report.html", "report/figures", "report/trials.csv"} <= logged
     figures = {f.path for f in store.client.list_artifacts(second, "report/figures")}
     assert {f"report/figures/{p.name}" for p in summary.figures.values()} == figures
+    # The headline, per configuration, as the parent run's metrics (comparable across studies in the UI).
+    metrics = store.client.get_run(second).data.metrics
+    label = next(k for k in summary.headline if "γ=1" in k and "k=10" in k)
+    config = " ".join(part.replace("=", "_").replace("—", "") for part in label.split(" · "))
+    assert config.startswith("k_10 γ_1 selection_none"), config
+    acc = summary.headline[label]["accuracy"]
+    assert metrics[f"accuracy.{config}"] == pytest.approx(acc.estimate)
+    assert (metrics[f"accuracy.{config}.ci_low"], metrics[f"accuracy.{config}.ci_high"]) == pytest.approx((acc.low, acc.high))
+    assert metrics[f"n_trials.{config}"] == summary.headline[label]["n_trials"]
+    assert sum(k.startswith("n_trials.") for k in metrics) == len(summary.headline)
 
 
 def test_unknown_or_empty_experiment_is_a_clear_error(study):

@@ -92,6 +92,10 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
         assert len(records) == int(run.data.params["k"])
         assert run.data.metrics["accuracy"] == pytest.approx(records["exact_match"].mean())
     assert by_k == {"1": 8, "3": 4}
+    parent = client.get_run(outcome.parent_run_id).data
+    assert (parent.params["trial.lr"], parent.params["trial.steps"], parent.params["sweep.gamma.grid"]) == ("0.001", "2", "[0.0, 1.0]")
+    assert (parent.params["trial.optimizer"], parent.params["prompt_style"], parent.params["sampling.k"]) == ("adamw", "fewshot", "1")
+    assert parent.tags["raysem.study_kind"] == "quick" and len(parent.tags["raysem.dataset_sha256"]) == 64
     gammas = {(r.data.params["k"], r.data.params["sampling"], r.data.params["seed"]): set() for r in runs}
     for run in runs:
         gammas[(run.data.params["k"], run.data.params["sampling"], run.data.params["seed"])].add(run.data.params["gamma"])
