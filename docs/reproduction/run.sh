@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The runs behind docs/reproduction.md, on one machine (2 CPU cores), in the order they were run.
+# Every study logs to one SQLite MLflow store and resumes where it stopped (--resume: Tune restores
+# the run; trials already in MLflow are never run again), so this script can be re-run after an
+# interruption. Its reports land in docs/reproduction/<study>/.
+#   bash docs/reproduction/run.sh [study ...]     # default: all, in this order
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+OUT=${RAYSEM_REPRO_OUT:-raysem-out}
+mkdir -p "$OUT"
+STORE="sqlite:///$(realpath "$OUT")/reproduction.db"
+LOCAL=(--set 'resources={cpu: 2, gpu: 0, expect_autoscaling: false}' --set max_concurrent=1
+       --tracking-uri "$STORE" --storage "$(realpath "$OUT")/ray")
+
+run() {  # run <job> <report name> [overrides...]
+  local job=$1 name=$2; shift 2
+  echo "== $name: $PY jobs/$job.py --spec jobs/$job.yaml $* (started $(date -u +%FT%TZ))"
+  "$PY" "jobs/$job.py" --spec "jobs/$job.yaml" --resume "${LOCAL[@]}" --report-dir "docs/reproduction/$name" "$@"
+}
+
+declare -A STUDY=(
+  # γ = 0 calibration of lr × steps (single facts and 100-fact sets)
+  [calibration]="calibration calibration"
+  # Table 1, Figure 4: 300 single-fact LoRA trials on ZsRE
+  [single]="single_fact_deviation single-fact-deviation --set sampling.n_samplings=300"
+  # Tables 3-4 (AdamW), and Figures 3, 6, Table 2 from the γ = 0 arm: γ ∈ {0, 1, 2} on the same 100-fact samplings
+  [reweight]="reweight reweight --set sampling.n_samplings=20 --set sweep.gamma.grid=[0.0,1.0,2.0] --set analyses=true"
+  # Figure 7: the Eq. 4 filter against random replacement, ρ ∈ {0.2, 0.6, 1.0}, paired samplings
+  [filter]="filter_vs_random filter-vs-random --set sampling.n_samplings=10 --set sweep.replace.grid=[0.2,0.6,1.0]"
+  # Tables 3-4 under SGD (where γ also acts on a lone fact's scale): γ ∈ {0, 1}
+  [reweight_sgd]="reweight reweight-sgd --set tracking.experiment=reweight-sgd --set name=reweight-sgd --set sampling.n_samplings=10 --set sweep.gamma.grid=[0.0,1.0] --set trial.optimizer=sgd"
+  # Figure 3 for a second method, and for COUNTERFACT
+  [adapter]="accuracy_vs_distance accuracy-vs-distance --set sampling.n_samplings=10 --set sweep.method.grid=[adapter]"
+  [counterfact]="accuracy_vs_distance accuracy-vs-distance-counterfact --set name=accuracy-vs-distance-counterfact --set dataset=counterfact --set sampling.n_samplings=10 --set sweep.method.grid=[lora]"
+)
+ORDER=(calibration single reweight filter reweight_sgd adapter counterfact)
+for part in "${@:-${ORDER[@]}}"; do
+  [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
+  # shellcheck disable=SC2086
+  run ${STUDY[$part]}
+done
