@@ -73,34 +73,6 @@ def tiny64(tiny_model_dir):
     return load_model(str(tiny_model_dir), dtype=torch.float64)
 
 
-def stop_ray_started_in(temp_dir: str | Path, grace: float = 30.0) -> int:
-    """End the processes of the Ray cluster started with ``--temp-dir temp_dir`` (and no other Ray on
-    the machine, unlike ``ray stop``): SIGTERM, then SIGKILL after ``grace`` seconds. Returns how many."""
-    import psutil
-
-    needle = str(temp_dir)
-    mine = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(needle in arg for arg in proc.info["cmdline"] or ()):
-                mine.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for proc in mine:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(mine, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-    return len(mine)
-
-
 def free_port() -> int:
     import socket
 

@@ -31,7 +31,7 @@ declare -A STUDY=(
   # Tables 3-4 under SGD (where γ also acts on a lone fact's scale): γ ∈ {0, 1}
   [reweight_sgd]="reweight reweight-sgd --set tracking.experiment=reweight-sgd --set name=reweight-sgd --set sampling.n_samplings=10 --set sweep.gamma.grid=[0.0,1.0] --set trial.optimizer=sgd"
   # Figure 3 for a second method, and for COUNTERFACT
-  [adapter]="accuracy_vs_distance accuracy-vs-distance --set sampling.n_samplings=10 --set sweep.method.grid=[adapter]"
+  [adapter]="accuracy_vs_distance accuracy-vs-distance --set sampling.n_samplings=10 --set sweep.method.grid=[adapter] --set trial.lr=null"
   [counterfact]="accuracy_vs_distance accuracy-vs-distance-counterfact --set name=accuracy-vs-distance-counterfact --set dataset=counterfact --set sampling.n_samplings=10 --set sweep.method.grid=[lora]"
 )
 ORDER=(calibration single reweight filter reweight_sgd adapter counterfact)

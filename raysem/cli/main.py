@@ -88,6 +88,18 @@ def sync(
         _fail("could not log: " + "; ".join(problems))
 
 
+@app.command("cleanup")
+def cleanup() -> None:
+    """Stop what is left of local Rays whose raysem driver was killed (and nothing else)."""
+    from raysem.service.local_ray import RAY_ROOT, reap_orphaned_rays
+
+    reaped = reap_orphaned_rays()
+    for pid, count in reaped.items():
+        typer.echo(f"driver {pid} (gone): stopped {count} Ray processes under {RAY_ROOT / str(pid)}")
+    if not reaped:
+        typer.echo(f"nothing to clean up under {RAY_ROOT}")
+
+
 @app.command("ray-token")
 def ray_token(path: Path = typer.Option(None, help="token file (default: $RAYSEM_HOME/ray_auth_token)")) -> None:
     """Create a Ray auth token (mode 0600) and print the variables `ray start` / `ray job submit` need."""

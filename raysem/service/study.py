@@ -26,6 +26,7 @@ from ray import tune
 
 from raysem.data.facts import Fact, FactSet
 from raysem.service import tracking
+from raysem.service.local_ray import init_local_ray
 from raysem.service.spec import FILTER_FIELDS, StudySpec
 from raysem.service.storage import check_storage, cluster_hosts
 from raysem.training.results import TrialResult
@@ -359,7 +360,10 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
 
     started = time.time()
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True)
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address or os.environ["RAY_ADDRESS"])
+        else:
+            init_local_ray()
     check_resources(spec)
     check_storage(spec.storage_path, hosts=cluster_hosts(), autoscaling=spec.resources.expect_autoscaling,
                   declared_shared=spec.storage_shared)  # fmt: skip

@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO_ROOT, free_port, start_mlflow_server, stop_ray_started_in
+from conftest import REPO_ROOT, free_port, start_mlflow_server
 from mlflow import MlflowClient
 
+from raysem.service.local_ray import stop_processes_of
 from raysem.service.ray_auth import auth_env, ensure_token
 
 pytestmark = pytest.mark.slow
@@ -67,7 +68,7 @@ def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert "succeeded" in submitted.stdout
     finally:
-        assert stop_ray_started_in(ray_tmp) > 0
+        assert stop_processes_of(ray_tmp) > 0
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name("submitted")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 from raysem.service.spec import load_spec
 from raysem.service.study import count_trials, run_study
@@ -36,12 +35,6 @@ def cluster():
     yield sim, nodes
     ray.shutdown()
     sim.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cluster_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:

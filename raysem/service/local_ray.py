@@ -1,0 +1,66 @@
+"""The local Ray a study starts when it is given no cluster, and cleaning up after a killed driver.
+
+A local Ray outlives a driver killed with SIGKILL: its dashboard, runtime-env agent and workers keep
+running. Each local Ray raysem starts therefore lives under ``<tmp>/raysem-ray/<driver pid>``; the next
+start (or ``raysem cleanup``) stops the processes of every such Ray whose driver is gone, and nothing
+else: not a Ray that someone else started, not another raysem driver's live one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import psutil
+
+RAY_ROOT = Path(tempfile.gettempdir()) / "raysem-ray"
+
+
+def init_local_ray(**kwargs) -> Path:
+    """``ray.init`` a local Ray in ``RAY_ROOT/<this pid>`` after reaping orphaned ones; returns its temp dir."""
+    import ray
+
+    reap_orphaned_rays()
+    temp_dir = RAY_ROOT / str(os.getpid())
+    ray.init(_temp_dir=str(temp_dir), **kwargs)
+    return temp_dir
+
+
+def stop_processes_of(temp_dir: str | Path, grace: float = 30.0) -> int:
+    """End every process whose command line names ``temp_dir`` (a Ray started there): SIGTERM, then SIGKILL
+    after ``grace`` seconds. Returns how many there were."""
+    needle = str(temp_dir)
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(needle in arg for arg in proc.info["cmdline"] or ()):
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in mine:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(mine, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return len(mine)
+
+
+def reap_orphaned_rays(grace: float = 30.0) -> dict[int, int]:
+    """Stop the local Rays raysem started whose driver process is gone; returns {driver pid: processes stopped}."""
+    if not RAY_ROOT.is_dir():
+        return {}
+    reaped = {}
+    for folder in sorted(RAY_ROOT.iterdir()):
+        if folder.name.isdigit() and not psutil.pid_exists(int(folder.name)):
+            reaped[int(folder.name)] = stop_processes_of(folder, grace)
+            shutil.rmtree(folder, ignore_errors=True)
+    return reaped
