@@ -9,6 +9,7 @@ stays resident in each worker, and trials whose MLflow run already exists are ne
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -221,7 +222,23 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
 
 
 def _tune_trainable(config: dict[str, Any], context: StudyContext) -> None:
-    tune.report(run_unit(config, context))
+    try:
+        metrics = run_unit(config, context)
+    finally:
+        release_freed_memory()
+    tune.report(metrics)
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Tune runs each unit of a reused worker in a new thread, and glibc keeps the pages of a finished
+    thread's malloc arena: without this a worker's RSS grew by gigabytes per 100-fact unit until
+    Ray's memory monitor killed it (21 GB after nine units on a 24 GB machine)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def check_resources(spec: StudySpec) -> None:
