@@ -28,17 +28,27 @@ def init_local_ray(**kwargs) -> Path:
     return temp_dir
 
 
-def stop_processes_of(temp_dir: str | Path, grace: float = 30.0) -> int:
-    """End every process whose command line names ``temp_dir`` (a Ray started there): SIGTERM, then SIGKILL
-    after ``grace`` seconds. Returns how many there were."""
+def processes_of(temp_dir: str | Path) -> list[psutil.Process]:
+    """The processes of the Ray started in ``temp_dir``: those whose command line names it, or which hold a
+    file open under it (Ray's agents and workers rename themselves, ``ray::DashboardAgent``, but keep their
+    logs in ``<temp_dir>/session_*/logs`` open)."""
     needle = str(temp_dir)
-    mine = []
+    found = []
     for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.pid != os.getpid() and any(needle in arg for arg in proc.info["cmdline"] or ()):
-                mine.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        if proc.pid == os.getpid():
             continue
+        try:
+            if any(needle in arg for arg in proc.info["cmdline"] or ()) or any(needle in f.path for f in proc.open_files()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_processes_of(temp_dir: str | Path, grace: float = 30.0) -> int:
+    """End the processes of the Ray started in ``temp_dir`` (:func:`processes_of`): SIGTERM, then SIGKILL
+    after ``grace`` seconds. Returns how many there were."""
+    mine = processes_of(temp_dir)
     for proc in mine:
         try:
             proc.terminate()

@@ -175,10 +175,9 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
 def test_a_killed_drivers_local_ray_is_cleaned_up_and_nothing_else(tmp_path, tiny_model_dir):
     """SIGKILL a study's driver: its local Ray lingers under RAY_ROOT/<driver pid>; `raysem cleanup` stops
     exactly those processes, not a live driver's."""
-    import psutil
     import ray
 
-    from raysem.service.local_ray import RAY_ROOT
+    from raysem.service.local_ray import RAY_ROOT, processes_of
 
     ray.shutdown()
     path = tiny_spec(tmp_path, tiny_model_dir, "killed", sweep={}, sampling={"k": 3, "n_samplings": 40, "seed": 3}, report=False)
@@ -191,19 +190,16 @@ def test_a_killed_drivers_local_ray_is_cleaned_up_and_nothing_else(tmp_path, tin
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
 
-    def started_in(folder: Path) -> list:
-        return [p for p in psutil.process_iter(["cmdline"]) if any(str(folder) in a for a in p.info["cmdline"] or ())]
-
     orphan = RAY_ROOT / str(driver.pid)
     time.sleep(2)
-    assert started_in(orphan), "a killed driver's Ray lingers (else this test proves nothing)"
+    assert processes_of(orphan), "a killed driver's Ray lingers (else this test proves nothing)"
     live = RAY_ROOT / str(os.getpid())  # a live driver's Ray: must survive
     live.mkdir(parents=True, exist_ok=True)
     decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(live)])
     try:
         out = subprocess.run([sys.executable, "-m", "raysem.cli.main", "cleanup"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and f"driver {driver.pid} (gone): stopped" in out.stdout, out.stdout + out.stderr
-        assert not started_in(orphan) and not orphan.exists()
+        assert not processes_of(orphan) and not orphan.exists()
         assert decoy.poll() is None and live.exists()
     finally:
         decoy.kill()
