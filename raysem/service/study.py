@@ -63,8 +63,12 @@ def sampling_blocks(spec: StudySpec, point: dict[str, Any]) -> list[list[int]]:
 
 
 def expand_units(spec: StudySpec) -> list[dict[str, Any]]:
-    """Grid search: the explicit list of units (point × sampling block)."""
-    return [{"point": p, "samplings": block} for p in spec.grid_points() for block in sampling_blocks(spec, p)]
+    """Grid search: the explicit list of units (point × sampling block), sampling-major: every point's
+    first block, then every point's second, … so that a study stopped part-way leaves complete pairs
+    (the same sampling under γ = 0 and γ > 0, filter and random) rather than one arm finished."""
+    per_point = [(p, sampling_blocks(spec, p)) for p in spec.grid_points()]
+    rounds = max((len(blocks) for _, blocks in per_point), default=0)
+    return [{"point": p, "samplings": blocks[i]} for i in range(rounds) for p, blocks in per_point if i < len(blocks)]
 
 
 def count_trials(spec: StudySpec) -> int:
@@ -373,7 +377,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     """Run (or resume) a study on the Ray cluster at ``address`` (local Ray when none), logging to MLflow."""
     import ray
 
-    from raysem.semantics.tables import distance_table
+    from raysem.semantics.tables import distance_table, table_path
 
     started = time.time()
     if not ray.is_initialized():
@@ -389,7 +393,10 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     study_dir = storage / spec.name
     pending = storage / "pending" / spec.name
     factset, needed = study_facts(spec)
-    table, _ = distance_table(spec.model, FactSet(factset.name, factset.format, needed, factset.sha256), prompting=spec.prompting)
+    # The whole dataset's table when it is cached already (it covers every sampled fact), else only the facts used.
+    whole = table_path(spec.model, factset, spec.prompting).is_file()
+    source = factset if whole else FactSet(factset.name, factset.format, needed, factset.sha256)
+    table, _ = distance_table(spec.model, source, prompting=spec.prompting)
     tags = tracking.study_tags(spec.kind, spec.model, factset.sha256, tracking.git_commit(Path(__file__).parent))
 
     parent_file = study_dir / "parent_run_id"

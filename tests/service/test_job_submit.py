@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,7 @@ def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
         **auth_env(ensure_token(tmp_path / "token")),
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
     }
-    mlflow_port, ray_port, dash_port = free_port(), free_port(), free_port()
+    mlflow_port, ray_port, dash_port, agent_port = free_port(), free_port(), free_port(), free_port()
     uri = f"http://127.0.0.1:{mlflow_port}"
     spec = tmp_path / "submitted.yaml"
     spec.write_text(
@@ -57,14 +58,20 @@ def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
         subprocess.run(
             [ray, "start", "--head", "--port", str(ray_port), "--num-cpus", "2", "--include-dashboard", "true",
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--disable-usage-stats",
+             "--dashboard-agent-listen-port", str(agent_port),  # not the default 52365: another Ray may hold it
              "--temp-dir", ray_tmp],
             env=env, check=True, timeout=180,
         )  # fmt: skip
-        submitted = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", str(REPO_ROOT),
-             "--", "python", "jobs/reweight.py", "--spec", str(spec)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        deadline = time.time() + 60
+        while True:  # the head's job agent registers a little after `ray start` returns, later on a loaded machine
+            submitted = subprocess.run(
+                [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", str(REPO_ROOT),
+                 "--", "python", "jobs/reweight.py", "--spec", str(spec)],
+                env=env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if "No available agent to submit job" not in submitted.stderr or time.time() > deadline:
+                break
+            time.sleep(3)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert "succeeded" in submitted.stdout
     finally:

@@ -101,9 +101,13 @@ def test_units_pack_single_fact_lora_and_count_trials(tmp_path):
     units = expand_units(spec)
     single = [u for u in units if u["point"]["k"] == 1]
     multi = [u for u in units if u["point"]["k"] == 10]
-    assert [len(u["samplings"]) for u in single] == [4, 4, 2, 4, 4, 2]
+    assert sorted(len(u["samplings"]) for u in single) == [2, 2, 4, 4, 4, 4]
     assert all(len(u["samplings"]) == 1 for u in multi) and len(multi) == 6
     assert count_trials(spec) == 2 * 10 + 2 * 3
+    # Sampling-major: both γ arms of a sampling come before the next sampling (a stopped study keeps pairs).
+    order = [(u["point"]["k"], u["samplings"][0], u["point"]["gamma"]) for u in units]
+    assert set(order[:4]) == {(1, 0, 0.0), (1, 0, 1.0), (10, 0, 0.0), (10, 0, 1.0)}
+    assert [(s, g) for k, s, g in order if k == 10] == [(s, g) for s in range(3) for g in (0.0, 1.0)]
 
 
 def test_trial_key_is_stable_and_distinguishes_points():
