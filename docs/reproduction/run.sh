@@ -24,8 +24,10 @@ declare -A STUDY=(
   [calibration]="calibration calibration"
   # Table 1, Figure 4: 300 single-fact LoRA trials on ZsRE
   [single]="single_fact_deviation single-fact-deviation --set sampling.n_samplings=300"
-  # Tables 3-4 (AdamW), and Figures 3, 6, Table 2 from the γ = 0 arm: γ ∈ {0, 1, 2} on the same 100-fact samplings
-  [reweight]="reweight reweight --set sampling.n_samplings=20 --set sweep.gamma.grid=[0.0,1.0,2.0] --set analyses=true"
+  # Tables 3-4 (AdamW), and Figures 3, 6, Table 2 from the γ = 0 arm: γ ∈ {0, 1} on the same 100-fact
+  # samplings, then γ = 2 added on those samplings (its γ = 0 and γ = 1 trials are already in MLflow)
+  [reweight]="reweight reweight --set sampling.n_samplings=20 --set sweep.gamma.grid=[0.0,1.0] --set analyses=true"
+  [reweight_gamma2]="reweight reweight --set sampling.n_samplings=20 --set sweep.gamma.grid=[0.0,1.0,2.0] --set analyses=true"
   # Figure 7: the Eq. 4 filter against random replacement, ρ ∈ {0.2, 0.6, 1.0}, paired samplings
   [filter]="filter_vs_random filter-vs-random --set sampling.n_samplings=10 --set sweep.replace.grid=[0.2,0.6,1.0]"
   # Tables 3-4 under SGD (where γ also acts on a lone fact's scale): γ ∈ {0, 1}
@@ -34,7 +36,7 @@ declare -A STUDY=(
   [adapter]="accuracy_vs_distance accuracy-vs-distance --set sampling.n_samplings=10 --set sweep.method.grid=[adapter] --set trial.lr=null"
   [counterfact]="accuracy_vs_distance accuracy-vs-distance-counterfact --set name=accuracy-vs-distance-counterfact --set dataset=counterfact --set sampling.n_samplings=10 --set sweep.method.grid=[lora]"
 )
-ORDER=(calibration single reweight filter reweight_sgd adapter counterfact)
+ORDER=(calibration single reweight reweight_gamma2 filter reweight_sgd adapter counterfact)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086
