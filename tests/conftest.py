@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -71,6 +72,38 @@ def tiny64(tiny_model_dir):
     from raysem.models.loader import load_model
 
     return load_model(str(tiny_model_dir), dtype=torch.float64)
+
+
+def tiny_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
+    """A study spec file on the tiny random Llama (local Ray, SQLite MLflow under ``tmp_path``); ``extra`` replaces fields."""
+    data = {
+        "name": name,
+        "model": str(model_dir),
+        "dataset": "worldfacts",
+        "data_limit": 80,
+        "sampling": {"k": 1, "n_samplings": 4, "per_k": {3: 2}, "seed": 0},
+        "trial": {"method": "lora", "steps": 2, "lr": 1e-3},
+        "sweep": {"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0]}},
+        "pack_size": 4,
+        "resources": {"cpu": 1},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "storage_path": str(tmp_path / "ray"),
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def trial_runs(uri: str, experiment: str):
+    """(client, the experiment's trial runs) read back through MlflowClient."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], filter_string="tags.`raysem.role` = 'trial'", max_results=1000)
 
 
 def free_port() -> int:

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, free_port, tiny_spec, trial_runs
 
 from raysem.service.spec import load_spec
 from raysem.service.study import count_trials, run_study
@@ -38,34 +37,19 @@ def cluster():
 
 
 def cluster_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
-    data = {
-        "name": name,
-        "model": str(model_dir),
-        "dataset": "worldfacts",
-        "data_limit": 80,
+    """``tiny_spec`` with trials asking for the pool, DeepSpeed workers for the A100 node, and no sweep."""
+    cluster = {
         "sampling": {"k": 2, "n_samplings": 2, "seed": 0},
         "trial": {"method": "lora", "steps": 2, "lr": 1e-3, "num_workers": 2, "batch_size": 2},
+        "sweep": {},
         "resources": {"cpu": 1, "custom": {"pool": 1}, "full_ft_worker": {"A100": 1, "CPU": 1}},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        "storage_path": str(tmp_path / "ray"),
         "report": False,
-        **extra,
     }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def trial_runs(uri: str, experiment: str) -> list:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.`raysem.role` = 'trial'", max_results=1000)
+    return tiny_spec(tmp_path, model_dir, name, **{**cluster, **extra})
 
 
 def exactly_once(uri: str, experiment: str, expected: int) -> None:
-    runs = trial_runs(uri, experiment)
+    _, runs = trial_runs(uri, experiment)
     keys = [r.data.tags["raysem.trial_key"] for r in runs]
     statuses = {r.info.status for r in runs}
     assert (len(keys), len(set(keys)), statuses) == (expected, expected, {"FINISHED"}), (len(keys), len(set(keys)), statuses)
@@ -100,9 +84,9 @@ def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir
     command = [sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)]
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)) < 2 and job.poll() is None:
+    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2 and job.poll() is None:
         time.sleep(0.5)
-    logged = len(trial_runs(spec.tracking.uri, spec.experiment))
+    logged = len(trial_runs(spec.tracking.uri, spec.experiment)[1])
     assert job.poll() is None and 2 <= logged < count_trials(spec), "the node must go while the study runs"
     sim.remove_node(nodes["pool"], allow_graceful=False)
     sim.add_node(num_cpus=1, resources={"pool": 1})
@@ -127,7 +111,7 @@ def test_node_local_storage_is_refused_before_any_trial_when_nodes_may_join(tmp_
     spec = load_spec(cluster_spec(tmp_path, tiny_model_dir, "grows", resources=grows))
     with pytest.raises(StorageError, match=r"node-local filesystem.*expect_autoscaling lets nodes join.*/mnt/raysem"):
         run_study(spec, address=sim.address)
-    assert trial_runs(spec.tracking.uri, spec.experiment) == []
+    assert trial_runs(spec.tracking.uri, spec.experiment)[1] == []
     shared = load_spec(cluster_spec(tmp_path, tiny_model_dir, "grows-shared", resources=grows, storage_shared=True))
     run_study(shared, address=sim.address)
     exactly_once(shared.tracking.uri, shared.experiment, count_trials(shared))

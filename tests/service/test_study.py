@@ -11,42 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import REPO_ROOT
-from mlflow import MlflowClient
+from conftest import REPO_ROOT, tiny_spec, trial_runs
 
 from raysem.service.spec import load_spec
 from raysem.service.study import ResourceError, count_trials, run_study
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
-    data = {
-        "name": name,
-        "model": str(model_dir),
-        "dataset": "worldfacts",
-        "data_limit": 80,
-        "sampling": {"k": 1, "n_samplings": 4, "per_k": {3: 2}, "seed": 0},
-        "trial": {"method": "lora", "steps": 2, "lr": 1e-3},
-        "sweep": {"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0]}},
-        "pack_size": 4,
-        "resources": {"cpu": 1},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        "storage_path": str(tmp_path / "ray"),
-        **extra,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def trial_runs(uri: str, experiment: str):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return client, []
-    return client, client.search_runs([exp.experiment_id], filter_string="tags.`raysem.role` = 'trial'", max_results=1000)
 
 
 def interrupt_after_two_runs(command: list[str], cwd: Path, env: dict[str, str], spec) -> None:
