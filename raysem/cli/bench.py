@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -12,7 +13,7 @@ from rich.table import Table
 from raysem.models.loader import DEFAULT_MODEL
 from raysem.training.bench import PACK_SIZES, BenchSettings, run_bench
 
-bench_app = typer.Typer(help="Measure trial throughput.")
+bench_app = typer.Typer(help="Measure throughput: `raysem bench` trials per hour, `raysem bench tracking` MLflow runs per second.")
 
 
 def _pack_sizes(text: str | None) -> tuple[int, ...] | None:
@@ -27,8 +28,9 @@ def _pack_sizes(text: str | None) -> tuple[int, ...] | None:
     return sizes
 
 
-@bench_app.command()
+@bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="Fewer trials and steps; K in {8, 16}."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Embedded model name, local folder or Hugging Face id."),
@@ -40,6 +42,8 @@ def bench(
     pack_sizes: str | None = typer.Option(None, "--pack-sizes", help=f"Comma-separated K values (default {','.join(map(str, PACK_SIZES))})."),
 ) -> None:
     """Single-fact LoRA trials per hour for each variant, and the share of the matmul peak each reaches."""
+    if ctx.invoked_subcommand:
+        return
     overrides = dict(
         model=model, device=device, threads=threads, steps=steps, naive_trials=naive_trials,
         resident_trials=resident_trials, pack_sizes=_pack_sizes(pack_sizes),
@@ -58,6 +62,58 @@ def bench(
         f"{summary['best_speedup']:.2f}× naive, {summary['best_speedup_vs_resident']:.2f}× resident; "
         f"default pack size {summary['default_pack_size']}; {summary['threads']} threads"
     )
+
+
+@bench_app.command("tracking")
+def tracking_bench(
+    trials: int = typer.Option(1000, "--trials", min=1, help="Trials logged by each batched variant."),
+    batch: int = typer.Option(100, "--batch", min=1, help="Trials per logging call (a packed unit's trials)."),
+    per_trial: int = typer.Option(200, "--per-trial-trials", min=1, help="Trials logged one per call (the slow path)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """MLflow trial runs per second into a SQLite URI and a real `mlflow server`: one run per call
+    against batches, side by side; every run is read back."""
+    from raysem.service.tracking_bench import run_tracking_bench
+
+    err = Console(stderr=True)
+    summary = run_tracking_bench(trials, batch, per_trial, progress=None if as_json else lambda message: err.print(f"[dim]{message}[/dim]"))
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    table = Table(title=f"MLflow trial runs per second ({trials} batched in {batch}s, {per_trial} one per call)")
+    for column in ("target", "one per call", "batched", "× one per call"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for name in ("sqlite", "server", "server_store"):
+        row = summary[name]
+        slow = row.get("per_trial_runs_per_s")
+        table.add_row(name, "—" if slow is None else f"{slow:.1f}", f"{row['runs_per_s']:.1f}", "—" if slow is None else f"{row['speedup']:.1f}")
+    Console().print(table)
+
+
+@bench_app.command("chaos")
+def chaos_bench(
+    trials: int = typer.Option(10_000, "--trials", min=4, help="Trials in the study (even)."),
+    kill_every: float = typer.Option(20.0, "--kill-every", min=1.0, help="Seconds between SIGKILLs of a Tune worker."),
+    folder: Path | None = typer.Option(None, "--folder", help="Where the study, its store and logs go (default: a temp folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
+) -> None:
+    """A study under faults (Tune workers killed, the mlflow server restarted, the driver killed and
+    resumed), then its MLflow runs counted: each trial exactly once, none left RUNNING."""
+    from raysem.service.chaos import run_chaos
+
+    err = Console(stderr=True)
+    summary = run_chaos(trials, kill_every, folder, progress=lambda message: err.print(f"[dim]{message}[/dim]"))
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"{summary['trials']} trials in {summary['wall_s']:.0f} s under {summary['worker_kills']} worker kills, "
+            f"{summary['server_restarts']} server restart, {summary['driver_kills']} driver kill: "
+            f"{summary['finished_distinct']} distinct finished, {summary['duplicates']} duplicates, {summary['lost']} lost, "
+            f"{summary['running']} left RUNNING; runs by status {summary['runs_by_status']}"
+        )
+    if not summary["ok"]:
+        raise typer.Exit(1)
 
 
 def render_table(summary: dict[str, Any]) -> Table:

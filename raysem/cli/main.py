@@ -75,15 +75,14 @@ def sync(
     if not pending_root.exists():
         typer.echo("nothing to sync")
         return
-    total, problems = 0, []
+    total, skipped, problems = 0, 0, []
     try:
         for folder in sorted(p for p in pending_root.iterdir() if p.is_dir()):
-            logged, errors = sync_pending(absolute_uri(tracking_uri), folder)
-            total += logged
-            problems += errors
+            logged, already, errors = sync_pending(absolute_uri(tracking_uri), folder)
+            total, skipped, problems = total + logged, skipped + already, problems + errors
     except TrackingUnavailable as exc:
         _fail(str(exc))
-    typer.echo(f"logged {total} trials")
+    typer.echo(f"logged {total} trials; {skipped} were in MLflow already")
     if problems:
         _fail("could not log: " + "; ".join(problems))
 
@@ -128,7 +127,7 @@ def _assemble() -> None:
     app.add_typer(data_app, name="data", help="Datasets: fetch and show.")
     _mount(semantic_app)
     _mount(trial_app, "trial")
-    _mount(bench_app, "bench")
+    app.add_typer(bench_app, name="bench")
     _mount(report_app, "report")
 
 

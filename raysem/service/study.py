@@ -210,13 +210,13 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
                 results.append((key, s, cfg, _failed_result(key, cfg.model_dump(), test, test, error), error))
                 traceback.print_exc()
 
-    objective = []
+    objective, logged = [], []
     for key, s, cfg, result, error in results:
         result.aggregates.setdefault("failed", 1.0 if error else 0.0)
-        params = {**trial_params(spec, point, s, k, cfg.model_dump()), "phase": phase}
-        ray.get(context.logger.record.remote(key, params, result, error))
+        logged.append((key, {**trial_params(spec, point, s, k, cfg.model_dump()), "phase": phase}, result, error))
         if not error:
             objective.append(result.aggregates.get(spec.objective, float("nan")))
+    ray.get(context.logger.record.remote(logged))
     return {
         spec.objective: float(np.nanmean(objective)) if np.isfinite(objective).any() else float("nan"),
         "trials_run": float(len(results)),
@@ -405,6 +405,12 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         tracking.check_reachable(uri)
         if resume and parent_file.exists():
             parent_id = parent_file.read_text().strip()
+            tracking.close_orphaned_runs(uri, spec.experiment)
+            if pending.exists():
+                logged, already, errors = tracking.sync_pending(uri, pending)
+                if logged or already or errors:
+                    print(f"raysem: trials kept by the interrupted run: {logged} logged now, {already} were in MLflow already"
+                          + (f"; not logged: {errors}" if errors else ""))  # fmt: skip
         else:
             params = {"spec": spec.model_dump_json(), "objective": spec.objective, **spec_params(spec)}
             parent_id = tracking.start_study(uri, spec.experiment, spec.name, tags, params)
@@ -431,7 +437,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
             _confirm(spec, best, trainable, storage, progress, resume)
     if parent_id:
         tracking.finish_study(uri, parent_id)
-    left = ray.get(logger.pending_count.remote())
+    left = ray.get(logger.flush.remote())
     ray.kill(logger)
     return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best)
 

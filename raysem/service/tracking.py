@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import raysem
+from raysem.service.run_batch import RunBatchItem, log_runs
 from raysem.training.results import TrialResult
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one line per trial run otherwise
 
 ROLE, KIND, KEY = "raysem.role", "raysem.study_kind", "raysem.trial_key"
 PARENT = "mlflow.parentRunId"
@@ -95,23 +98,32 @@ def finish_study(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def finished_trial_keys(uri: str, experiment: str) -> set[str]:
     """Trial keys that already have a FINISHED or FAILED child run in the experiment (not to be redone)."""
+    return {run.data.tags[KEY] for run in search_trial_runs(uri, experiment, "attributes.status != 'RUNNING'") if KEY in run.data.tags and run.info.status in ("FINISHED", "FAILED")}
+
+
+def close_orphaned_runs(uri: str, experiment: str) -> int:
+    """Mark KILLED the experiment's trial runs left RUNNING by a logger that died mid-run (call it before
+    the study's logger starts, when no other logger writes to the experiment); returns how many."""
+    client = _client(uri)
+    orphans = search_trial_runs(uri, experiment, "attributes.status = 'RUNNING'")
+    for run in orphans:
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(orphans)
+
+
+def search_trial_runs(uri: str, experiment: str, condition: str | None = None) -> list:
+    """The experiment's trial runs (those that meet an MLflow search ``condition``), every page."""
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        return set()
-    keys: set[str] = set()
-    token = None
+        return []
+    runs, token = [], None
     while True:
-        page = client.search_runs(
-            [found.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status != 'RUNNING'",
-            max_results=5000,
-            page_token=token,
-        )
-        keys.update(run.data.tags[KEY] for run in page if KEY in run.data.tags)
+        page = client.search_runs([found.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'" + (f" and {condition}" if condition else ""), max_results=5000, page_token=token)
+        runs += page
         token = page.token
         if not token:
-            return keys
+            return runs
 
 
 def _params(params: dict[str, Any]) -> list:
@@ -172,7 +184,7 @@ class PendingTrial:
             "error": self.error,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, default=str))
-        pd.DataFrame(result.records).to_parquet(tmp / "facts.parquet", index=False)
+        pq.write_table(pa.Table.from_pylist(result.records), tmp / "facts.parquet")
         frob = result.analysis.get("frobenius")
         if frob:
             (tmp / "frobenius.json").write_text(json.dumps(frob))
@@ -186,61 +198,81 @@ class PendingTrial:
         return target
 
 
-def log_pending(uri: str, folder: Path, parent_run_id: str | None = None) -> str:
-    """Log one pending trial folder as an MLflow child run, then remove the folder; returns the run id."""
+def pending_run(folder: Path, parent_run_id: str | None = None) -> RunBatchItem:
+    """The MLflow run a pending trial folder becomes."""
     meta = json.loads((folder / "meta.json").read_text())
-    client = _client(uri)
     parent = parent_run_id or meta.get("parent_run_id")
     tags = {ROLE: "trial", KEY: meta["trial_key"], **meta["tags"]}
     if parent:
         tags[PARENT] = parent
     if meta.get("error"):
         tags["raysem.error"] = meta["error"][:5000]
-    run = client.create_run(_experiment_id(client, meta["experiment"]), run_name=meta.get("run_name") or meta["trial_key"], tags=tags)
-    run_id = run.info.run_id
-    try:
-        client.log_batch(run_id, metrics=_metrics(meta["metrics"], meta["loss_curve"]), params=_params(meta["params"]))
-        client.log_artifact(run_id, str(folder / "facts.parquet"), "records")
-        for name in ("frobenius.json", "features.npz"):
-            if (folder / name).exists():
-                client.log_artifact(run_id, str(folder / name), "analysis")
-    except Exception:
-        client.set_terminated(run_id, status="KILLED")
-        raise
-    client.set_terminated(run_id, status="FAILED" if meta.get("error") else "FINISHED")
-    shutil.rmtree(folder)
-    return run_id
+    artifacts = [(str(folder / "facts.parquet"), "records")]
+    artifacts += [(str(folder / name), "analysis") for name in ("frobenius.json", "features.npz") if (folder / name).exists()]
+    return RunBatchItem(
+        experiment=meta["experiment"], run_name=meta.get("run_name") or meta["trial_key"], tags=tags,
+        params=_params(meta["params"]), metrics=_metrics(meta["metrics"], meta["loss_curve"]),
+        status="FAILED" if meta.get("error") else "FINISHED", artifacts=artifacts,
+    )  # fmt: skip
 
 
-def record_trial(uri: str, folder: Path) -> str | None:
-    """Log a trial kept by ``PendingTrial.write`` in ``folder``; on failure it stays there for ``raysem sync``."""
-    trial_key = folder.name
+def log_pending(uri: str, folders: list[Path]) -> list[str]:
+    """Log pending trial folders as MLflow child runs (one transaction for a SQL store), then remove
+    the folders; returns the run ids."""
+    return log_runs(uri, [pending_run(folder) for folder in folders], on_logged=lambda index, _: shutil.rmtree(folders[index]))
+
+
+def record_trials(uri: str, folders: list[Path]) -> bool:
+    """Log trials kept by ``PendingTrial.write``; True once all are in MLflow. On failure the rest stay
+    on disk for ``raysem sync``. Before a retry, trials that MLflow holds after all (a call that failed
+    in flight may still have been applied) are dropped, so no trial is logged twice."""
+    names = ", ".join(folder.name for folder in folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+    where = folders[0].parent
     try:
         check_reachable(uri)
     except TrackingUnavailable as exc:
-        print(f"raysem: {exc}; trial {trial_key} kept in {folder}, run `raysem sync` later")
-        return None
+        print(f"raysem: {exc}; trials {names} kept in {where}, run `raysem sync` later")
+        return False
+    experiment = json.loads((folders[0] / "meta.json").read_text())["experiment"]
     for attempt in range(3):
         try:
-            return log_pending(uri, folder)
+            if attempt:
+                stored = finished_trial_keys(uri, experiment)
+                for folder in folders:
+                    if folder.exists() and folder.name in stored:
+                        shutil.rmtree(folder)
+            log_pending(uri, [folder for folder in folders if folder.exists()])
+            return True
         except Exception as exc:  # noqa: BLE001 - any tracking failure keeps the local copy
             last = exc
             time.sleep(0.5 * (attempt + 1))
-    print(f"raysem: could not log trial {trial_key} to {uri} ({last}); kept in {folder}, run `raysem sync` later")
-    return None
+    print(f"raysem: could not log trials {names} to {uri} ({last}); kept in {where}, run `raysem sync` later")
+    return False
 
 
-def sync_pending(uri: str, pending_dir: Path) -> tuple[int, list[str]]:
-    """Log every pending trial under ``pending_dir``; returns (logged count, errors)."""
+def sync_pending(uri: str, pending_dir: Path, batch: int = 500) -> tuple[int, int, list[str]]:
+    """Log every pending trial under ``pending_dir`` that MLflow does not already have; returns (logged,
+    already logged, errors). A folder whose trial key already has a finished run (the run was logged
+    but the process died before removing the folder) is removed, not logged twice."""
     check_reachable(uri)
+    folders = sorted(p for p in pending_dir.glob("*") if p.is_dir() and not p.name.startswith("."))
+    experiments = {folder: json.loads((folder / "meta.json").read_text())["experiment"] for folder in folders}
+    done = {name: finished_trial_keys(uri, name) for name in set(experiments.values())}
+    todo, already = [], 0
+    for folder in folders:
+        if folder.name in done[experiments[folder]]:
+            shutil.rmtree(folder)
+            already += 1
+        else:
+            todo.append(folder)
     logged, errors = 0, []
-    for folder in sorted(p for p in pending_dir.glob("*") if p.is_dir() and not p.name.startswith(".")):
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
         try:
-            log_pending(uri, folder)
-            logged += 1
+            logged += len(log_pending(uri, chunk))
         except Exception as exc:  # noqa: BLE001
-            errors.append(f"{folder.name}: {exc}")
-    return logged, errors
+            errors.append(f"{chunk[0].name} … {chunk[-1].name} ({len(chunk)} trials): {exc}")
+    return logged, already, errors
 
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
@@ -286,21 +318,41 @@ class TrialLogger:
     def done_among(self, keys: list[str]) -> list[str]:
         """Those of ``keys`` already logged. The experiment's keys are read from MLflow once (with
         retries; a store that stays unreachable is an error, never "nothing done"), then kept as
-        this logger records trials, so each call costs O(len(keys))."""
+        this logger records trials, so each call costs O(len(keys)). A trial kept on disk for a
+        later log counts as done: it is never run twice."""
         if self._done is None:
             self._done = _with_retries(lambda: finished_trial_keys(self.uri, self.experiment), f"reading finished trials from {self.uri}")
-        return [k for k in keys if k in self._done]
+        return [k for k in keys if k in self._done or (self.pending / k).is_dir()]
 
-    def record(self, trial_key: str, params: dict[str, Any], result: TrialResult, error: str | None = None) -> str | None:
-        """Keep the trial's result on this node's disk first, then log it (None: kept for ``raysem sync``)."""
-        folder = PendingTrial(trial_key, self.experiment, self.parent, params, self.tags, result, error).write(self.pending)
-        run_id = record_trial(self.uri, folder)
-        if run_id is not None and self._done is not None:
-            self._done.add(trial_key)
-        return run_id
+    def record(self, trials: list[tuple[str, dict[str, Any], TrialResult, str | None]]) -> bool:
+        """Keep each (trial key, params, result, error) on this node's disk first, then log them in one
+        batch with any trials kept from earlier calls (False: some stay kept, for a later call,
+        ``flush`` or ``raysem sync``)."""
+        for key, params, result, error in trials:
+            PendingTrial(key, self.experiment, self.parent, params, self.tags, result, error).write(self.pending)
+        return self._log_kept()
+
+    def flush(self, timeout: float = 120.0) -> int:
+        """Retry the kept trials until they are logged or ``timeout`` seconds pass; returns how many stay."""
+        deadline = time.time() + timeout
+        while not self._log_kept() and time.time() < deadline:
+            time.sleep(5.0)
+        return self.pending_count()
+
+    def _log_kept(self) -> bool:
+        folders = self._kept()
+        if not folders:
+            return True
+        logged = record_trials(self.uri, folders)
+        if self._done is not None:
+            self._done.update(folder.name for folder in folders if not folder.exists())
+        return logged
+
+    def _kept(self) -> list[Path]:
+        return sorted(p for p in self.pending.glob("*") if p.is_dir() and not p.name.startswith(".")) if self.pending.exists() else []
 
     def pending_count(self) -> int:
-        return sum(1 for p in self.pending.glob("*") if p.is_dir() and not p.name.startswith(".")) if self.pending.exists() else 0
+        return len(self._kept())
 
 
 def start_logger(uri: str, experiment: str, parent_run_id: str | None, pending_dir: Path, tags: dict[str, str]):

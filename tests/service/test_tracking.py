@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -36,35 +37,89 @@ def read_back(uri: str, experiment: str, key: str):
     return client, run, pd.read_parquet(local)
 
 
-def test_trial_logged_to_sqlite_reads_back(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = tracking.start_study(uri, "exp-a", "study", {"raysem.study_kind": "quick"}, {"spec": "{}"})
-    result = make_result("t-1")
-    folder = tracking.PendingTrial("t-1", "exp-a", parent, {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, result).write(tmp_path / "pending")
-    run_id = tracking.record_trial(uri, folder)
-    assert run_id and not (tmp_path / "pending" / "t-1").exists()
-    client, run, facts = read_back(uri, "exp-a", "t-1")
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["raysem.model"] == "m"
+def pend(tmp_path, key: str, experiment: str, parent: str | None = None, params: dict | None = None, error: str | None = None):
+    return tracking.PendingTrial(key, experiment, parent, params or {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, make_result(key), error).write(tmp_path / "pending")
+
+
+def assert_trial_run(uri: str, experiment: str, key: str, parent: str | None, status: str = "FINISHED"):
+    client, run, facts = read_back(uri, experiment, key)
+    assert run.info.status == status and run.info.end_time is not None
+    assert run.data.tags.get("mlflow.parentRunId") == parent and run.data.tags["raysem.model"] == "m"
     assert run.data.params["gamma"] == "1.0" and run.data.params["k"] == "3"
-    assert run.info.run_name == "k=3 γ=1 s0"
+    assert run.info.run_name == "k=3 γ=1 s0" == run.data.tags["mlflow.runName"]
     assert run.data.metrics["accuracy"] == pytest.approx(1 / 3)
+    assert run.data.metrics["train_loss"] == 0.5, "the latest value of a series is its last step"
     assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)] == [2.0, 1.0, 0.5]
     assert facts["fact_id"].tolist() == ["f0", "f1", "f2"] and facts["exact_match"].sum() == 1
-    assert tracking.finished_trial_keys(uri, "exp-a") == {"t-1"}
+    return run
+
+
+def test_trials_logged_to_sqlite_in_one_batch_read_back(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_study(uri, "exp-a", "study", {"raysem.study_kind": "quick"}, {"spec": "{}"})
+    folders = [pend(tmp_path, f"t-{i}", "exp-a", parent) for i in range(3)] + [pend(tmp_path, "t-bad", "exp-a", parent, error="ValueError: x")]
+    assert tracking.record_trials(uri, folders)
+    assert not any(folder.exists() for folder in folders)
+    for i in range(3):
+        assert_trial_run(uri, "exp-a", f"t-{i}", parent)
+    assert read_back(uri, "exp-a", "t-bad")[1].data.tags["raysem.error"] == "ValueError: x"
+    assert tracking.finished_trial_keys(uri, "exp-a") == {"t-0", "t-1", "t-2", "t-bad"}
+
+
+def test_a_batch_is_stored_whole_or_not_at_all(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    good = pend(tmp_path, "t-good", "exp-w")
+    bad = pend(tmp_path, "t-bad", "exp-w", params={"gamma": 1.0, "k": 3, "bad key?": 1})
+    with pytest.raises(Exception, match="bad key"):
+        tracking.log_pending(uri, [good, bad])
+    assert good.exists() and bad.exists()
+    assert tracking.finished_trial_keys(uri, "exp-w") == set()
+
+
+def test_server_path_matches_the_sql_batch(tmp_path):
+    """The same trials through a real `mlflow server` (a pool of client threads) read back the same."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path / "server", port)
+    try:
+        folders = [pend(tmp_path, f"t-{i}", "exp-s") for i in range(12)]
+        assert tracking.record_trials(uri, folders)
+        for i in range(12):
+            assert_trial_run(uri, "exp-s", f"t-{i}", None)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_sync_skips_trials_mlflow_already_has_and_orphans_are_closed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logged = pend(tmp_path, "t-1", "exp-y")
+    copy = tmp_path / "copy"
+    shutil.copytree(logged, copy)
+    assert tracking.record_trials(uri, [logged])
+    shutil.copytree(copy, logged)  # logged, then the process died before removing the folder
+    pend(tmp_path, "t-2", "exp-y")
+    assert tracking.sync_pending(uri, tmp_path / "pending") == (1, 1, [])
+    assert sorted(r.data.tags["raysem.trial_key"] for r in tracking.search_trial_runs(uri, "exp-y", "attributes.status = 'FINISHED'")) == ["t-1", "t-2"]
+
+    client = MlflowClient(tracking_uri=uri)
+    orphan = client.create_run(client.get_experiment_by_name("exp-y").experiment_id, tags={"raysem.role": "trial", "raysem.trial_key": "t-3"})
+    assert tracking.close_orphaned_runs(uri, "exp-y") == 1
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert "t-3" not in tracking.finished_trial_keys(uri, "exp-y"), "a killed run is not a finished trial"
 
 
 def test_logger_reads_done_trials_once_then_keeps_them(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_study(uri, "exp-d", "study", {}, {})
     logger = tracking.TrialLogger(uri, "exp-d", parent, str(tmp_path / "pending"), {})
-    logger.record("t-1", {"gamma": 0.0}, make_result("t-1"))
+    assert logger.record([("t-1", {"gamma": 0.0}, make_result("t-1"), None)])
     reads = []
     real = tracking.finished_trial_keys
     monkeypatch.setattr(tracking, "finished_trial_keys", lambda *a: reads.append(a) or real(*a))
     fresh = tracking.TrialLogger(uri, "exp-d", parent, str(tmp_path / "pending"), {})
     assert fresh.done_among(["t-1", "t-2"]) == ["t-1"]
-    fresh.record("t-2", {"gamma": 1.0}, make_result("t-2"))
+    fresh.record([("t-2", {"gamma": 1.0}, make_result("t-2"), None)])
     assert fresh.done_among(["t-2", "t-3", "t-1"]) == ["t-2", "t-1"]
     assert len(reads) == 1
 
@@ -87,13 +142,12 @@ def test_unreachable_server_keeps_results_and_sync_logs_them(tmp_path):
         tracking.check_reachable(uri)
     pending = tmp_path / "pending"
     folder = tracking.PendingTrial("t-9", "exp-b", None, {"gamma": 0.0}, {}, make_result("t-9")).write(pending)
-    assert tracking.record_trial(uri, folder) is None
+    assert not tracking.record_trials(uri, [folder])
     assert (pending / "t-9" / "meta.json").exists() and (pending / "t-9" / "facts.parquet").exists()
 
     server = start_mlflow_server(tmp_path / "server", port)
     try:
-        logged, errors = tracking.sync_pending(uri, pending)
-        assert (logged, errors) == (1, [])
+        assert tracking.sync_pending(uri, pending) == (1, 0, [])
         assert not (pending / "t-9").exists()
         _, run, facts = read_back(uri, "exp-b", "t-9")
         assert run.data.params["gamma"] == "0.0"
