@@ -25,7 +25,7 @@ from raysem.service import tracking
 from raysem.service.local_ray import RAY_ROOT, processes_of, reap_orphaned_rays
 from raysem.service.spec import load_spec
 from raysem.service.study import expand_units, trial_key
-from raysem.service.tracking_bench import start_server
+from raysem.service.tracking_bench import launch_server, start_server, wait_for_server
 
 PROGRESS = re.compile(r"\[raysem\] trials (\d+)/(\d+)")
 
@@ -134,7 +134,7 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
                 server.terminate()
                 server.wait(timeout=60)
                 time.sleep(5.0)
-                server, _ = start_server(root / "mlflow", port=int(uri.rsplit(":", 1)[1]))
+                server, _ = launch_server(root / "mlflow", port=int(uri.rsplit(":", 1)[1]))  # up in ~30 s; the study goes on
                 faults["server_restarts"] = 1
             if not faults["driver_kills"] and not driver.resumed and done >= 2 * trials / 3:
                 say(f"{done}/{trials} trials: SIGKILLing the driver")
@@ -142,6 +142,7 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
                 driver.process.wait()
                 faults["driver_kills"] = 1
         wall = time.time() - started
+        wait_for_server(server, uri, root / "mlflow")  # the restarted one may still be starting
         if driver.process.returncode != 0:
             tail = "".join(driver.log.read_text(errors="replace").splitlines(keepends=True)[-5:])
             raise RuntimeError(f"the study's driver exited with {driver.process.returncode}; the end of {driver.log}:\n{tail}")

@@ -435,9 +435,12 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         best = best_point(spec, results)
         if spec.search.confirm:
             _confirm(spec, best, trainable, storage, progress, resume)
-    if parent_id:
-        tracking.finish_study(uri, parent_id)
     left = ray.get(logger.flush.remote())
+    if parent_id:
+        try:
+            tracking.with_retries(lambda: tracking.finish_study(uri, parent_id), f"marking the study run {parent_id} finished")
+        except tracking.TrackingUnavailable as exc:  # the trials are safe; only the parent run's status is stale
+            print(f"raysem: {exc}; the study run stays RUNNING in MLflow")
     ray.kill(logger)
     return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best)
 

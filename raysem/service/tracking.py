@@ -279,7 +279,7 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 """Seconds between attempts at a tracking read that must not be guessed (about 15 s in all)."""
 
 
-def _with_retries(read: Callable[[], Any], what: str) -> Any:
+def with_retries(read: Callable[[], Any], what: str) -> Any:
     """``read()``, retried after each of ``RETRY_DELAYS``; then ``TrackingUnavailable`` naming ``what``."""
     for delay in RETRY_DELAYS:
         try:
@@ -321,7 +321,7 @@ class TrialLogger:
         this logger records trials, so each call costs O(len(keys)). A trial kept on disk for a
         later log counts as done: it is never run twice."""
         if self._done is None:
-            self._done = _with_retries(lambda: finished_trial_keys(self.uri, self.experiment), f"reading finished trials from {self.uri}")
+            self._done = with_retries(lambda: finished_trial_keys(self.uri, self.experiment), f"reading finished trials from {self.uri}")
         return [k for k in keys if k in self._done or (self.pending / k).is_dir()]
 
     def record(self, trials: list[tuple[str, dict[str, Any], TrialResult, str | None]]) -> bool:

@@ -84,21 +84,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path, workers: int = 4, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """A real ``mlflow server`` on 127.0.0.1 (a free port unless given) with a SQLite backend; returns it and its URI."""
+def launch_server(folder: Path, workers: int = 4, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a real ``mlflow server`` on 127.0.0.1 (a free port unless given) with a SQLite backend, without
+    waiting for it; returns it and its URI."""
     port = port or _free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
-    process = subprocess.Popen(command, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
+    return subprocess.Popen(command, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
+
+
+def start_server(folder: Path, workers: int = 4, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """``launch_server``, then ``wait_for_server``."""
+    process, uri = launch_server(folder, workers, port)
+    wait_for_server(process, uri, folder)
+    return process, uri
+
+
+def wait_for_server(process: subprocess.Popen, uri: str, folder: Path) -> None:
+    """Wait (up to 120 s) until the server answers /health; kill it and raise if it does not."""
     deadline = time.time() + 120
-    while time.time() < deadline:
+    while time.time() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2):
-                return process, uri
+                return
         except OSError:
-            if process.poll() is not None:
-                break
             time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"mlflow server did not start; see {folder / 'server.log'}")
