@@ -145,6 +145,7 @@ def start_mlflow_server(folder: Path, port: int):
         ],
         stdout=open(folder / "server.log", "w"),
         stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # its GenAI job runner: three idle-busy processes
     )  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}/health")

@@ -15,6 +15,7 @@ logs at scale: the server then only serves the UI), and checks them through the 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -90,7 +91,8 @@ def launch_server(folder: Path, workers: int = 4, port: int | None = None) -> tu
     port = port or _free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
-    return subprocess.Popen(command, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # MLflow's GenAI job runner: three busy processes raysem never uses
+    return subprocess.Popen(command, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT, env=env), f"http://127.0.0.1:{port}"
 
 
 def start_server(folder: Path, workers: int = 4, port: int | None = None) -> tuple[subprocess.Popen, str]:

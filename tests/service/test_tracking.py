@@ -76,21 +76,6 @@ def test_a_batch_is_stored_whole_or_not_at_all(tmp_path):
     assert tracking.finished_trial_keys(uri, "exp-w") == set()
 
 
-def test_server_path_matches_the_sql_batch(tmp_path):
-    """The same trials through a real `mlflow server` (a pool of client threads) read back the same."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_mlflow_server(tmp_path / "server", port)
-    try:
-        folders = [pend(tmp_path, f"t-{i}", "exp-s") for i in range(12)]
-        assert tracking.record_trials(uri, folders)
-        for i in range(12):
-            assert_trial_run(uri, "exp-s", f"t-{i}", None)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def test_sync_skips_trials_mlflow_already_has_and_orphans_are_closed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logged = pend(tmp_path, "t-1", "exp-y")
@@ -135,7 +120,7 @@ def test_logger_fails_loudly_when_done_trials_cannot_be_read(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_unreachable_server_keeps_results_and_sync_logs_them(tmp_path):
+def test_unreachable_server_keeps_results_and_sync_logs_them_then_batches_go_through_it(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     with pytest.raises(tracking.TrackingUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
@@ -153,6 +138,12 @@ def test_unreachable_server_keeps_results_and_sync_logs_them(tmp_path):
         assert run.data.params["gamma"] == "0.0"
         assert run.data.metrics["wall_s"] == 1.5
         assert len(facts) == 3
+
+        # a batch through the server (a pool of client threads) reads back like one through SQLite
+        folders = [pend(tmp_path, f"t-{i}", "exp-s") for i in range(12)]
+        assert tracking.record_trials(uri, folders)
+        for i in range(12):
+            assert_trial_run(uri, "exp-s", f"t-{i}", None)
     finally:
         server.terminate()
         server.wait(timeout=30)
