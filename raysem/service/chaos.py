@@ -5,7 +5,7 @@ real ``mlflow server`` (SQLite backend) while Tune workers are SIGKILLed every `
 seconds (never twice without a trial logged in between), the server is restarted once (at a third of the trials), and the driver is SIGKILLed once
 (at two thirds) and the study resumed with ``--resume``. Then every trial run is read back through
 ``MlflowClient``: each expected trial must have exactly one FINISHED run, and no run may be left
-RUNNING.
+RUNNING; and the killed driver's local Ray, which lingers, must have been stopped by the resumed one.
 """
 
 from __future__ import annotations
@@ -99,17 +99,20 @@ class _Driver:
 
 
 def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | None = None, timeout: float = 6 * 3600,
-              unpacked_share: float = 0.1, pack_size: int = 64, progress: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run the study under faults and count its MLflow runs; one JSON-able dict (``ok`` when exact)."""
+              unpacked_share: float = 0.1, pack_size: int = 64, max_worker_kills: int | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run the study under faults and count its MLflow runs; one JSON-able dict (``ok`` when exact).
+    ``max_worker_kills`` caps the Tune worker kills (None: one every ``kill_every`` seconds to the end)."""
     say = progress or (lambda message: None)
     root = Path(folder or tempfile.mkdtemp(prefix="raysem-chaos-"))
     (root / "mlflow").mkdir(parents=True, exist_ok=True)
     model = tiny_llama(root / "model")
     server, uri = start_server(root / "mlflow")
     spec_path = chaos_spec(root, model, uri, trials, unpacked_share, pack_size)
-    faults = {"worker_kills": 0, "server_restarts": 0, "driver_kills": 0}
+    faults = {"worker_kills": 0, "server_restarts": 0, "driver_kills": 0, "orphaned_ray_processes": 0}
     started = time.time()
     driver = _Driver(spec_path, root / "driver.log", resume=False)
+    orphan: Path | None = None
     last_kill, done_at_kill = time.time(), 0
     try:
         while True:
@@ -125,7 +128,8 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
             time.sleep(1.0)
             done = driver.trials_done()
             # never twice without a trial logged in between: a unit slower than kill_every still ends
-            if time.time() - last_kill >= kill_every and done > done_at_kill and driver.kill_a_worker():
+            may_kill = max_worker_kills is None or faults["worker_kills"] < max_worker_kills
+            if may_kill and time.time() - last_kill >= kill_every and done > done_at_kill and driver.kill_a_worker():
                 faults["worker_kills"] += 1
                 last_kill, done_at_kill = time.time(), done
                 say(f"{done}/{trials} trials: SIGKILLed a Tune worker ({faults['worker_kills']} so far)")
@@ -141,12 +145,16 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
                 driver.process.kill()
                 driver.process.wait()
                 faults["driver_kills"] = 1
+                orphan = RAY_ROOT / str(driver.process.pid)  # its local Ray lingers until the resumed driver starts
+                time.sleep(2.0)
+                faults["orphaned_ray_processes"] = len(processes_of(orphan))
         wall = time.time() - started
         wait_for_server(server, uri, root / "mlflow")  # the restarted one may still be starting
         if driver.process.returncode != 0:
             tail = "".join(driver.log.read_text(errors="replace").splitlines(keepends=True)[-5:])
             raise RuntimeError(f"the study's driver exited with {driver.process.returncode}; the end of {driver.log}:\n{tail}")
         runs = tracking.search_trial_runs(uri, "chaos")
+        left = len(processes_of(orphan)) if orphan is not None else 0
     finally:
         if driver.process.poll() is None:  # an error above: leave nothing running
             driver.process.kill()
@@ -163,7 +171,8 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
         "trials": trials, "wall_s": wall, "trials_per_s": trials / wall, **faults,
         "finished_distinct": len(set(finished) & expected), "duplicates": len(finished) - len(set(finished)),
         "lost": len(expected - set(finished)), "unexpected": len(set(finished) - expected),
-        "running": by_status.get("RUNNING", 0), "runs_by_status": by_status, "folder": str(root),
+        "running": by_status.get("RUNNING", 0), "runs_by_status": by_status, "orphaned_ray_processes_left": left,
+        "folder": str(root),
     }  # fmt: skip
-    out["ok"] = out["finished_distinct"] == trials and not (out["duplicates"] or out["lost"] or out["unexpected"] or out["running"])
+    out["ok"] = out["finished_distinct"] == trials and not (out["duplicates"] or out["lost"] or out["unexpected"] or out["running"] or left)
     return out

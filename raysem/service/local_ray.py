@@ -32,13 +32,18 @@ def processes_of(temp_dir: str | Path) -> list[psutil.Process]:
     """The processes of the Ray started in ``temp_dir``: those whose command line names it, or which hold a
     file open under it (Ray's agents and workers rename themselves, ``ray::DashboardAgent``, but keep their
     logs in ``<temp_dir>/session_*/logs`` open)."""
-    needle = str(temp_dir)
+    folder = str(temp_dir).rstrip(os.sep)
+    inside = folder + os.sep  # so that .../raysem-ray/12 does not match .../raysem-ray/123
+
+    def names(text: str) -> bool:
+        return inside in text or text == folder or text.endswith("=" + folder)
+
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         if proc.pid == os.getpid():
             continue
         try:
-            if any(needle in arg for arg in proc.info["cmdline"] or ()) or any(needle in f.path for f in proc.open_files()):
+            if any(names(arg) for arg in proc.info["cmdline"] or ()) or any(inside in f.path for f in proc.open_files()):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

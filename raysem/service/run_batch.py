@@ -57,7 +57,7 @@ def log_runs(uri: str, items: list[RunBatchItem], on_logged: Callable[[int, str]
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_ids = {name: _experiment(client, name).experiment_id for name in {item.experiment for item in items}}
+    experiment_ids = {name: experiment_of(client, name).experiment_id for name in {item.experiment for item in items}}
 
     def one(index: int) -> str:
         run_id = log_run(uri, items[index], experiment_ids[items[index].experiment])
@@ -74,7 +74,7 @@ def log_run(uri: str, item: RunBatchItem, experiment_id: str | None = None) -> s
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = experiment_id or _experiment(client, item.experiment).experiment_id
+    experiment_id = experiment_id or experiment_of(client, item.experiment).experiment_id
     run_id = client.create_run(experiment_id, run_name=item.run_name, tags=item.tags).info.run_id
     try:
         client.log_batch(run_id, metrics=item.metrics, params=item.params)
@@ -98,7 +98,7 @@ def _log_runs_sql(uri: str, items: list[RunBatchItem]) -> list[str]:
     from mlflow.utils.validation import _validate_batch_log_data
 
     store = _get_store(uri)
-    experiments = {name: _experiment(store, name) for name in {item.experiment for item in items}}
+    experiments = {name: experiment_of(store, name) for name in {item.experiment for item in items}}
     now = int(time.time() * 1000)
     runs, tags, params, metrics, latest, run_ids = [], [], [], [], [], []
     for item in items:
@@ -136,7 +136,7 @@ def _log_runs_sql(uri: str, items: list[RunBatchItem]) -> list[str]:
     return run_ids
 
 
-def _experiment(store, name: str):
+def experiment_of(store, name: str):
     """The experiment called ``name`` (created when missing) from an MLflow store or client."""
     experiment = store.get_experiment_by_name(name)
     return experiment if experiment is not None else store.get_experiment(store.create_experiment(name))

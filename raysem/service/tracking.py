@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import raysem
-from raysem.service.run_batch import RunBatchItem, log_runs
+from raysem.service.run_batch import RunBatchItem, experiment_of, log_runs
 from raysem.training.results import TrialResult
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -79,15 +79,10 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _experiment_id(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
-
-
 def start_study(uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
     """Create the study's parent run and return its id (raises if MLflow is unreachable)."""
     client = _client(uri)
-    run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags={ROLE: "study", **tags})
+    run = client.create_run(experiment_of(client, experiment).experiment_id, run_name=run_name, tags={ROLE: "study", **tags})
     client.log_batch(run.info.run_id, params=_params(params))
     return run.info.run_id
 
@@ -198,10 +193,10 @@ class PendingTrial:
         return target
 
 
-def pending_run(folder: Path, parent_run_id: str | None = None) -> RunBatchItem:
+def pending_run(folder: Path) -> RunBatchItem:
     """The MLflow run a pending trial folder becomes."""
     meta = json.loads((folder / "meta.json").read_text())
-    parent = parent_run_id or meta.get("parent_run_id")
+    parent = meta.get("parent_run_id")
     tags = {ROLE: "trial", KEY: meta["trial_key"], **meta["tags"]}
     if parent:
         tags[PARENT] = parent

@@ -9,7 +9,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from peft.tuners.lora import LoraLayer
-from sklearn.decomposition import PCA
 from torch import nn
 
 from raysem.models.loader import LoadedModel
@@ -122,6 +121,8 @@ def pca(features: np.ndarray, n_components: int = 15, seed: int = 0, solver: str
         raise ValueError(f"PCA needs a 2-D matrix with at least 2 rows, got shape {x.shape}")
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
+    from sklearn.decomposition import PCA  # here, not at import: the GPU check runs trials without scikit-learn
+
     k = min(n_components, *x.shape)
     model = PCA(n_components=k, svd_solver=solver, random_state=seed)
     scores = model.fit_transform(x)

@@ -44,7 +44,7 @@ from raysem.data.datasets import load_facts
 from raysem.data.facts import Fact
 from raysem.models.loader import DEFAULT_MODEL, LoadedModel, load_model
 from raysem.training.config import TrialConfig
-from raysem.training.packed import DEFAULT_PACK_SIZE, is_target_module, run_packed_trials
+from raysem.training.packed import DEFAULT_MICRO_BATCH, DEFAULT_PACK_SIZE, is_target_module, run_packed_trials
 from raysem.training.trial import ResidentModel, run_trial
 
 PACK_SIZES = (8, 16, 32, 64)
@@ -64,6 +64,8 @@ class BenchSettings:
     resident_trials: int = 8
     pack_sizes: tuple[int, ...] = PACK_SIZES
     matmul_size: int = 2048
+    micro_batch: int | None = DEFAULT_MICRO_BATCH
+    """Rows per forward/backward in packed training (None: the whole pack)."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchSettings":
@@ -123,9 +125,14 @@ class ModelShape:
 
     @classmethod
     def of(cls, lm: LoadedModel, cfg: TrialConfig) -> "ModelShape":
-        decoder = lm.model.get_decoder()
+        return cls.of_model(lm.model, cfg)
+
+    @classmethod
+    def of_model(cls, model: nn.Module, cfg: TrialConfig) -> "ModelShape":
+        """The shape of a Hugging Face causal LM with LoRA of ``cfg``'s rank on ``cfg.target_modules``."""
+        decoder = model.get_decoder()
         linears = [(n, m) for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
-        config = lm.model.config
+        config = model.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(
             linear=sum(m.in_features * m.out_features for _, m in linears),
@@ -133,16 +140,20 @@ class ModelShape:
             layers=config.num_hidden_layers,
             attn_width=config.num_attention_heads * head_dim,
             hidden=config.hidden_size,
-            vocab=lm.model.get_output_embeddings().out_features,
+            vocab=model.get_output_embeddings().out_features,
         )
 
     def forward(self, new: int, past: int = 0, logits: int = 0, lora: bool = True) -> float:
         attention = 4 * self.layers * self.attn_width * (new * past + new * (new + 1) / 2)
         return 2 * (self.linear + (self.lora if lora else 0)) * new + attention + 2 * self.hidden * self.vocab * logits
 
-    def train_step(self, tokens: int, targets: int) -> float:
+    def train_step(self, tokens: int, targets: int, full: bool = False) -> float:
+        """One sequence's forward and backward; ``full`` (full fine-tuning) adds the base weights' gradients,
+        ``2·N·T + 2·d·V·t``."""
         attention = 4 * self.layers * self.attn_width * tokens * (tokens + 1) / 2
         backward = 2 * self.linear * tokens + 4 * self.lora * tokens + 2 * attention + 2 * self.hidden * self.vocab * targets
+        if full:
+            backward += 2 * self.linear * tokens + 2 * self.hidden * self.vocab * targets
         return self.forward(tokens, logits=targets) + backward
 
     def generate(self, prompt: int, budget: int, lora: bool = True) -> float:
@@ -283,7 +294,7 @@ def run_packed(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Seq
     with Clock() as clock:
         resident = ResidentModel(lm)
         cfgs = [bench_config(settings.steps, i) for i in range(k)]
-        results = run_packed_trials(lm, facts[:k], cfgs, resident.base_records(facts[:k]), resident.embedder)
+        results = run_packed_trials(lm, facts[:k], cfgs, resident.base_records(facts[:k]), resident.embedder, micro_batch=settings.micro_batch)
     y_new = {i: r.records[0]["y_new"] for i, r in enumerate(results) if r.records}
     return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new)
 

@@ -5,6 +5,10 @@ module; a row→trial map (set before each forward) routes every batch row throu
 trial's adapter. The summed per-trial losses give each trial exactly its own gradient, and
 AdamW is element-wise, so one optimizer over the stacked tensors trains every trial as if it
 ran alone (up to float rounding).
+
+On CUDA, training runs the forward under bf16 autocast by default (``autocast``): the frozen base
+runs in bf16 while the LoRA weights, their gradients and the AdamW state stay float32. The step loop
+reads nothing back to the host but one flag per step (did any trial's loss turn NaN/inf?).
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class PackedLoraLinear(nn.Module):
 
     ``lora_A`` is (K, r, in) and ``lora_B`` (K, out, r), kept in float32 (as PEFT keeps LoRA
     weights of half-precision models); inputs are cast to it and the sum back to the base dtype.
+    Under autocast the two batched products run in the autocast dtype instead (the float32
+    weights are cast per forward; their gradients come back in float32).
     """
 
     def __init__(self, base: nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float, rows: RowMap):
@@ -95,10 +101,12 @@ class PackedLoraLinear(nn.Module):
         lora_a, lora_b = self._routed()
         if x.shape[0] != lora_a.shape[0]:
             raise ValueError(f"batch of {x.shape[0]} rows but the row map routes {lora_a.shape[0]}")
-        rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(lora_a.dtype)
-        hidden = torch.bmm(rows, lora_a.transpose(1, 2))
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else lora_a.dtype
+        rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(dtype)
+        hidden = torch.bmm(rows, lora_a.to(dtype).transpose(1, 2))
         # result + scale · B(A x) in one batched GEMM
-        out = torch.baddbmm(result.reshape(*rows.shape[:2], -1).to(lora_b.dtype), hidden, lora_b.transpose(1, 2), alpha=self.scale)
+        out = torch.baddbmm(result.reshape(*rows.shape[:2], -1).to(dtype), hidden, lora_b.to(dtype).transpose(1, 2), alpha=self.scale)
         return out.view(result.shape).to(result.dtype)
 
 
@@ -112,10 +120,13 @@ class PackedLora:
     n_trials: int
     _requires_grad: dict[str, bool] = field(default_factory=dict)
 
-    def set_rows(self, trials: Sequence[int] | None) -> None:
-        """Route batch row i through trial ``trials[i]``; None routes row k through trial k (K rows)."""
-        if trials is None:
-            self.rows.index = None
+    def set_rows(self, trials: Sequence[int] | torch.Tensor | None) -> None:
+        """Route batch row i through trial ``trials[i]``; None routes row k through trial k (K rows).
+
+        A tensor (long, on the adapters' device) is taken as it is, unchecked: no host round trip.
+        """
+        if trials is None or isinstance(trials, torch.Tensor):
+            self.rows.index = trials
             return
         bad = [t for t in trials if not 0 <= t < self.n_trials]
         if bad:
@@ -250,6 +261,30 @@ DEFAULT_MICRO_BATCH = 16
 near the matmul peak, and length-sorted groups of 16 cut the padding a whole pack would carry."""
 
 
+@dataclass(frozen=True)
+class _Group:
+    """One micro-batch of a step, prepared once per set of live trials (nothing in it is recomputed per step)."""
+
+    trials: torch.Tensor
+    """The group's trials (= their rows of the pack's batch), on the device."""
+    route: torch.Tensor | None
+    """The row map for ``PackedLora.set_rows``: None when the group is the whole pack in order."""
+    batch: TargetBatch
+    weights: torch.Tensor
+
+
+def _plan(batch: TargetBatch, weights: torch.Tensor, alive: list[int], lengths: list[int], size: int | None) -> list[_Group]:
+    """The micro-batches of the live trials (see ``_micro_batches``), with their sub-batches and index tensors."""
+    n, device = batch.input_ids.shape[0], batch.input_ids.device
+    groups = []
+    for rows in _micro_batches(alive, lengths, size):
+        trials = torch.as_tensor(rows, dtype=torch.long, device=device)
+        whole = rows == list(range(n))
+        sub = batch if whole else _rows(batch, rows)
+        groups.append(_Group(trials, None if whole else trials, sub, weights.index_select(0, trials)))
+    return groups
+
+
 def train_packed(
     lm: LoadedModel,
     packed: PackedLora,
@@ -257,6 +292,7 @@ def train_packed(
     cfgs: Sequence[TrialConfig],
     base: dict[str, BaseRecord],
     micro_batch: int | None = DEFAULT_MICRO_BATCH,
+    autocast: bool | None = None,
 ) -> PackedTraining:
     """Train trial k on ``facts[k]`` with ``cfgs[k]`` for the pack's shared number of steps.
 
@@ -266,47 +302,79 @@ def train_packed(
     the one optimizer step; each trial's row is in exactly one group, so that changes nothing
     but padding and memory. A trial whose loss turns NaN/inf is recorded as failed at that step,
     its row leaves the batch, and its adapter slices are kept exactly as they were (no gradient,
-    no AdamW momentum or weight decay) while the others go on.
+    no AdamW momentum or weight decay) while the others go on. ``autocast``: run the forward
+    under bf16 autocast (None: on when the model is on CUDA); see :func:`train_packed_batch`.
     """
     cfg = check_packable(cfgs)
     if len(facts) != len(cfgs) or len(cfgs) != packed.n_trials:
         raise ValueError(f"{len(facts)} facts, {len(cfgs)} configs and {packed.n_trials} packed adapters must match")
     device = lm.device
     batch = encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]).to(device)
-    row_tokens = batch.attention_mask.sum(1).tolist()
     weights = torch.cat([loss_weights([base[f.id]["dist_old"]], check_gamma(c.gamma)) for f, c in zip(facts, cfgs)]).to(device)
+    return train_packed_batch(lm.model, packed, batch, weights, cfg, [f"fact {f.id}" for f in facts], micro_batch, autocast)
+
+
+def train_packed_batch(
+    model: nn.Module,
+    packed: PackedLora,
+    batch: TargetBatch,
+    weights: torch.Tensor,
+    cfg: TrialConfig,
+    names: Sequence[str],
+    micro_batch: int | None = DEFAULT_MICRO_BATCH,
+    autocast: bool | None = None,
+) -> PackedTraining:
+    """:func:`train_packed` on an encoded batch: row k is trial k's sequence, its loss weighted by
+    ``weights[k]``; ``names[k]`` names it in a failure message.
+
+    With ``autocast`` (None: when the batch is on CUDA) forwards run under
+    ``torch.autocast(dtype=torch.bfloat16)``: the base model's matmuls and the LoRA products in
+    bf16, the loss in float32; the LoRA weights, gradients and optimizer state stay float32.
+    Per-step losses stay on the device; the host reads one flag per step (any new NaN/inf loss?)
+    and the loss curves once at the end.
+    """
+    n = packed.n_trials
+    if batch.input_ids.shape[0] != n or len(weights) != n or len(names) != n:
+        raise ValueError(f"{batch.input_ids.shape[0]} rows, {len(weights)} weights and {len(names)} names for {n} packed adapters")
+    device = batch.input_ids.device
+    autocast = device.type == "cuda" if autocast is None else autocast
+    row_tokens = batch.attention_mask.sum(1).tolist()
     params = list(packed.parameters())
     optimizer = build_optimizer(params, cfg)
-    n = len(facts)
-    out = PackedTraining(loss_curves=[[] for _ in facts], steps=[0] * n, tokens=[0] * n)
+    dtype = torch.promote_types(weights.dtype, next(model.parameters()).dtype)  # the losses' dtype: float32, or float64
+    losses = torch.full((cfg.steps, n), math.nan, dtype=dtype, device=device)
+    dead = torch.zeros(n, dtype=torch.bool, device=device)
+    fail_step: dict[int, int] = {}
+    failed: dict[int, str] = {}
     frozen: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
     alive = list(range(n))
+    plan = _plan(batch, weights, alive, row_tokens, micro_batch)
+    done = cfg.steps
     with torch.enable_grad():
         for step in range(cfg.steps):
-            stepped, newly = False, []
-            for rows in _micro_batches(alive, row_tokens, micro_batch):
-                packed.set_rows(None if rows == list(range(n)) else rows)
-                sub = batch if rows == list(range(n)) else _rows(batch, rows)
-                losses = per_example_loss(target_logits(lm.model, sub), sub.labels) * weights[rows]
-                values = losses.detach().tolist()
-                ok = [i for i, v in enumerate(values) if math.isfinite(v)]
-                for i in ok:
-                    out.loss_curves[rows[i]].append(values[i])
-                    out.steps[rows[i]] += 1
-                    out.tokens[rows[i]] += row_tokens[rows[i]]
-                for i, v in enumerate(values):
-                    if not math.isfinite(v):
-                        out.failed[rows[i]] = f"non-finite loss ({v}) at step {step} on fact {facts[rows[i]].id}"
-                        newly.append(rows[i])
-                if ok:
-                    losses[ok].sum().backward()
-                    stepped = True
-            if newly:
+            for group in plan:
+                packed.set_rows(group.route)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = target_logits(model, group.batch)
+                row_losses = per_example_loss(logits, group.batch.labels, check=False) * group.weights
+                losses[step].index_copy_(0, group.trials, row_losses.detach())
+                # NaN/inf rows get no gradient from the loss; what their NaN activations leave in their own
+                # trials' adapter gradients is zeroed below, once the host knows which trials they were
+                torch.where(torch.isfinite(row_losses), row_losses, 0.0).sum().backward()
+            if not bool((torch.isfinite(losses[step]) | dead).all()):  # the step's one host read
+                values = losses[step].tolist()
+                newly = [k for k in alive if not math.isfinite(values[k])]
+                for k in newly:
+                    failed[k] = f"non-finite loss ({values[k]}) at step {step} on {names[k]}"
+                    fail_step[k] = step
                 index = torch.as_tensor(newly, dtype=torch.long, device=device)
+                dead[index] = True
                 frozen.append((index, [p.detach().index_select(0, index).clone() for p in params]))
-                alive = [k for k in alive if k not in out.failed]
-            if not stepped:
-                break
+                alive = [k for k in alive if k not in failed]
+                if not alive:
+                    done = step
+                    break
+                plan = _plan(batch, weights, alive, row_tokens, micro_batch)
             with torch.no_grad():
                 for index, _ in frozen:
                     for p in params:
@@ -319,7 +387,15 @@ def train_packed(
                         p.index_copy_(0, index, value)
             optimizer.zero_grad(set_to_none=True)
     packed.set_rows(None)
-    return out
+    optimizer.zero_grad(set_to_none=True)
+    curves = losses.T.tolist()
+    steps = [fail_step.get(k, done) for k in range(n)]
+    return PackedTraining(
+        loss_curves=[curve[:s] for curve, s in zip(curves, steps)],
+        steps=steps,
+        tokens=[s * t for s, t in zip(steps, row_tokens)],
+        failed=failed,
+    )
 
 
 def evaluate_packed(
@@ -367,12 +443,14 @@ def run_packed_trials(
     trial_ids: Sequence[str] | None = None,
     eval_batch_size: int = 64,
     micro_batch: int | None = DEFAULT_MICRO_BATCH,
+    autocast: bool | None = None,
 ) -> list[TrialResult]:
     """K single-fact LoRA trials (fact k with ``cfgs[k]``) trained and evaluated as one pack.
 
     The configs must agree on everything but ``seed`` and ``gamma``. Each result equals that
     trial run alone (up to float rounding). ``micro_batch`` rows go through the model at a time
-    in training (see :func:`train_packed`), ``eval_batch_size`` in evaluation. Aggregates add to ``raysem.training.results.aggregate``:
+    in training (see :func:`train_packed`), ``eval_batch_size`` in evaluation; ``autocast`` trains under
+    bf16 autocast (None: on CUDA; evaluation runs without it). Aggregates add to ``raysem.training.results.aggregate``:
     ``failed``, ``steps``, ``tokens`` (prompt+target tokens trained on, summed over steps),
     ``final_loss`` (the last step's L'), ``wall_s`` (the pack's wall time divided by K),
     ``pack_wall_s``, ``pack_train_s`` (its training part) and ``pack_size``. A trial whose loss
@@ -391,7 +469,7 @@ def run_packed_trials(
     start = time.perf_counter()
     packed = attach_packed_lora(lm.model, [c.seed for c in cfgs], cfg.rank, cfg.alpha, cfg.target_modules)
     try:
-        run = train_packed(lm, packed, facts, cfgs, base, micro_batch)
+        run = train_packed(lm, packed, facts, cfgs, base, micro_batch, autocast)
         trained = [k for k in range(len(facts)) if k not in run.failed]
         train_s = time.perf_counter() - start
         evaluated = evaluate_packed(

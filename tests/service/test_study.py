@@ -75,28 +75,6 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
     assert len(trial_runs(again.tracking_uri, spec.experiment)[1]) == outcome.trials, "finished trials are not redone"
 
 
-def test_interrupted_study_resumes_without_duplicates(tmp_path, tiny_model_dir):
-    import ray
-
-    ray.shutdown()
-    path = tiny_spec(
-        tmp_path, tiny_model_dir, "resumable",
-        sweep={"gamma": {"grid": [0.0, 1.0]}}, sampling={"k": 3, "n_samplings": 6, "seed": 1}, report=False,
-    )  # fmt: skip
-    spec = load_spec(path)
-    command = [sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    interrupt_after_two_runs(command, tmp_path, env, spec)
-    done_before = len(trial_runs(spec.tracking.uri, spec.experiment)[1])
-    assert 2 <= done_before < count_trials(spec)
-
-    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600)
-    assert resumed.returncode == 0
-    runs = trial_runs(spec.tracking.uri, spec.experiment)[1]
-    keys = [r.data.tags["raysem.trial_key"] for r in runs if r.info.status == "FINISHED"]
-    assert len(keys) == len(set(keys)) == count_trials(spec) == 12
-
-
 def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_model_dir):
     """An Optuna γ × λ search interrupted mid-search resumes without re-running or duplicating a trial; then
     the best point and the baseline (γ = 0, λ = 0) run once on confirmation samplings, paired; the report
@@ -140,37 +118,3 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
     assert "sweep" in summary.sections and "sweep" in summary.figures
     text = summary.markdown.read_text()
     assert "Confirmation: trained_accuracy" in text and "Δ best − baseline" in text
-
-
-def test_a_killed_drivers_local_ray_is_cleaned_up_and_nothing_else(tmp_path, tiny_model_dir):
-    """SIGKILL a study's driver: its local Ray lingers under RAY_ROOT/<driver pid>; `raysem cleanup` stops
-    exactly those processes, not a live driver's."""
-    import ray
-
-    from raysem.service.local_ray import RAY_ROOT, processes_of
-
-    ray.shutdown()
-    path = tiny_spec(tmp_path, tiny_model_dir, "killed", sweep={}, sampling={"k": 3, "n_samplings": 40, "seed": 3}, report=False)
-    spec = load_spec(path)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    driver = subprocess.Popen([sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)], cwd=tmp_path, env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and not trial_runs(spec.tracking.uri, spec.experiment)[1]:
-        time.sleep(0.5)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-
-    orphan = RAY_ROOT / str(driver.pid)
-    time.sleep(2)
-    assert processes_of(orphan), "a killed driver's Ray lingers (else this test proves nothing)"
-    live = RAY_ROOT / str(os.getpid())  # a live driver's Ray: must survive
-    live.mkdir(parents=True, exist_ok=True)
-    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(live)])
-    try:
-        out = subprocess.run([sys.executable, "-m", "raysem.cli.main", "cleanup"], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0 and f"driver {driver.pid} (gone): stopped" in out.stdout, out.stdout + out.stderr
-        assert not processes_of(orphan) and not orphan.exists()
-        assert decoy.poll() is None and live.exists()
-    finally:
-        decoy.kill()
-        live.rmdir()

@@ -26,6 +26,9 @@ def test_flop_count_of_the_tiny_llama(tiny):
     attention = 4 * 2 * 64 * 6
     backward = 2 * 73728 * 3 + 4 * 3584 * 3 + 2 * attention + 2 * 64 * len(tiny.tokenizer) * 2
     assert shape.train_step(3, 2) == shape.forward(3, logits=2) + backward
+    # full fine-tuning adds the base weights' gradients: 2·N·T and the output head's 2·d·V·t
+    assert shape.train_step(3, 2, full=True) == shape.train_step(3, 2) + 2 * 73728 * 3 + 2 * 64 * len(tiny.tokenizer) * 2
+    assert ModelShape.of_model(tiny.model, TrialConfig(rank=8, target_modules=("q_proj", "v_proj"))) == shape
     assert shape.generate(4, 3) == shape.forward(4, logits=1) + shape.forward(1, 4, 1) + shape.forward(1, 5, 1)
 
 

@@ -304,6 +304,132 @@ def test_non_finite_trial_fails_alone(tiny64):
     assert results[0].analysis == {} and "error" not in results[2].analysis
 
 
+BF16_LOSS_RTOL = 2**-7
+BF16_UPDATE_RTOL = {"sgd": 0.05, "adamw": 0.5}
+"""bf16 autocast against float32, per trial. bf16 keeps 8 significant bits: one rounding is off by up
+to 2^-8 ≈ 0.4% (between 2 and 3 significant digits). Losses are computed in float32 from bf16 logits:
+allowed two roundings, 2^-7 relative (measured on the tiny Llama: ≤ 5e-4). Under SGD an update is
+lr·g, so a trial's whole update (final minus initial adapter, every tensor together) is off by the
+gradient's relative error, a few roundings deep: measured ≤ 1.1% (4 steps, base in float32 or bf16),
+allowed 5%. Under AdamW, lr·m/(√v + eps) makes an element with a near-zero gradient take a ±lr step
+whose sign rounding can flip: measured ≤ 17%, allowed 50%. A swapped or untrained adapter is off by
+100% or more."""
+
+
+def host_reads(run) -> int:
+    """How many times code in ``raysem/training/packed.py`` read a tensor's value to the host during ``run()``."""
+    import sys
+
+    from torch.overrides import TorchFunctionMode
+
+    import raysem.training.packed as packed_module
+
+    reads = {"item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__"}
+
+    class Count(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in reads and sys._getframe(1).f_code.co_filename == packed_module.__file__:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.n
+
+
+def test_packed_training_reads_the_host_once_per_step(tiny):
+    """The step loop keeps losses on the device: one flag read per step, whatever the number of micro-batches."""
+    base = {f.id: {"dist_old": 0.5} for f in FACTS}
+
+    def reads(steps: int) -> int:
+        cfgs = [TrialConfig(rank=2, alpha=4.0, lr=0.01, steps=steps, seed=s) for s in range(3)]
+        packed = attach_packed_lora(tiny.model, [c.seed for c in cfgs], 2, 4.0, ("q_proj", "v_proj"))
+        try:
+            return host_reads(lambda: train_packed(tiny, packed, FACTS, cfgs, base, micro_batch=1))
+        finally:
+            packed.detach()
+
+    assert reads(5) - reads(2) == 3
+
+
+def _update(before: dict, after: dict) -> torch.Tensor:
+    return torch.cat([(after[k] - before[k]).flatten() for k in before])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("base_dtype", [torch.float32, torch.bfloat16])
+def test_bf16_autocast_training_is_close_to_float32(tiny_model_dir, base_dtype, optimizer):
+    """bf16 autocast (the CUDA default) trains each trial as float32 does, within ``BF16_*``; LoRA weights stay float32."""
+    from raysem.models.loader import load_model
+
+    lr = 2.0 if optimizer == "sgd" else 0.05
+    shared = dict(rank=4, alpha=8.0, lr=lr, steps=4, weight_decay=0.1, optimizer=optimizer)
+    cfgs = [TrialConfig(seed=s, gamma=g, **shared) for s, g in [(3, 0.0), (9, 2.5), (3, 1.0)]]
+    base = {f.id: {"dist_old": d} for f, d in zip(FACTS, [0.2, 0.7, 0.5])}
+
+    def train(dtype: torch.dtype, autocast: bool, micro_batch: int | None):
+        lm = load_model(str(tiny_model_dir), dtype=dtype)
+        dtypes = set()
+        hook = lm.model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, args, out: dtypes.add(out.dtype))
+        packed = attach_packed_lora(lm.model, [c.seed for c in cfgs], 4, 8.0, ("q_proj", "v_proj"))
+        start = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(3)]
+        run = train_packed(lm, packed, FACTS, cfgs, base, micro_batch, autocast=autocast)
+        assert all(p.dtype == torch.float32 for p in packed.parameters())
+        updates = [_update(start[t], packed.trial_weights(t)) for t in range(3)]
+        hook.remove()
+        return run, updates, dtypes
+
+    want, want_updates, want_dtypes = train(torch.float32, False, None)
+    got, got_updates, got_dtypes = train(base_dtype, True, 2)
+    assert want_dtypes == {torch.float32} and got_dtypes == {torch.bfloat16}
+    assert got.failed == {} and got.steps == want.steps == [4, 4, 4]
+    for t in range(3):
+        torch.testing.assert_close(torch.tensor(got.loss_curves[t]), torch.tensor(want.loss_curves[t]), rtol=BF16_LOSS_RTOL, atol=0)
+        error = float((got_updates[t] - want_updates[t]).norm() / want_updates[t].norm())
+        assert error <= BF16_UPDATE_RTOL[optimizer], f"trial {t}: update off by {error:.1%}"
+
+
+def test_non_finite_trial_fails_alone_under_autocast(tiny):
+    """Under bf16 autocast too, a trial whose loss turns NaN fails at that step, keeps exactly the adapter it had
+    then, and leaves the others training as a pack without it does (within ``BF16_UPDATE_RTOL``)."""
+    marker = tiny.prompt_and_answer_ids(FACTS[1].prompt, FACTS[1].target)[1][0]
+    base = {f.id: {"dist_old": 0.5} for f in FACTS}
+    cfgs = [TrialConfig(rank=4, alpha=8.0, lr=2.0, steps=4, optimizer="sgd", seed=s) for s in (1, 2, 3)]
+    packed = attach_packed_lora(tiny.model, [1, 2, 3], 4, 8.0, ("q_proj", "v_proj"))
+    start = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(3)]
+    seen, at_failure = [0], {}
+
+    def poison(module, args, output):
+        rows = (args[0] == marker).any(-1)
+        if rows.any():
+            seen[0] += 1
+            if seen[0] == 3:  # the third step's forward: the adapter is as two steps left it
+                at_failure.update({k: v.clone() for k, v in packed.trial_weights(1).items()})
+            if seen[0] >= 3:
+                output[rows] = math.nan
+        return output
+
+    handle = tiny.model.get_input_embeddings().register_forward_hook(poison)
+    try:
+        run = train_packed(tiny, packed, FACTS, cfgs, base, micro_batch=2, autocast=True)
+    finally:
+        handle.remove()
+    got = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(3)]
+    packed.detach()
+    assert list(run.failed) == [1] and "f1" in run.failed[1] and "step 2" in run.failed[1]
+    assert run.steps == [4, 2, 4] and len(run.loss_curves[1]) == 2 and all(math.isfinite(v) for curve in run.loss_curves for v in curve)
+    assert all(torch.equal(got[1][k], at_failure[k]) for k in at_failure)
+
+    alone = attach_packed_lora(tiny.model, [1, 3], 4, 8.0, ("q_proj", "v_proj"))
+    train_packed(tiny, alone, [FACTS[0], FACTS[2]], [cfgs[0], cfgs[2]], base, micro_batch=2, autocast=True)
+    for t, want in zip((0, 2), (alone.trial_weights(0), alone.trial_weights(1))):
+        got_update, want_update = _update(start[t], got[t]), _update(start[t], want)
+        assert float((got_update - want_update).norm() / want_update.norm()) <= BF16_UPDATE_RTOL["sgd"]
+    alone.detach()
+
+
 def test_pack_configs_must_agree():
     check_packable([TrialConfig(seed=1, gamma=0.0), TrialConfig(seed=2, gamma=3.0)])
     with pytest.raises(ValueError, match="'lr' is 0.001 in trial 0 but 0.01 in trial 1"):
