@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from raysem.ports import free_port
 from raysem.service import tracking
 from raysem.service.run_batch import log_run
 from raysem.training.results import TrialResult, aggregate
@@ -79,16 +79,10 @@ def _timed(log: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch_server(folder: Path, workers: int = 4, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """Start a real ``mlflow server`` on 127.0.0.1 (a free port unless given) with a SQLite backend, without
     waiting for it; returns it and its URI."""
-    port = port or _free_port()
+    port = port or free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # MLflow's GenAI job runner: three busy processes raysem never uses

@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import warnings
@@ -42,6 +41,7 @@ from raysem.data.datasets import resolve_dataset
 from raysem.data.facts import Fact
 from raysem.models.encoding import TargetBatch
 from raysem.models.loader import DEFAULT_MODEL, embedded_model_dir, load_model
+from raysem.ports import free_port
 from raysem.training.bench import BenchSettings, ModelShape, _dtype, _sync, bench_facts, run_bench
 from raysem.training.config import TrialConfig
 from raysem.training.packed import PackedLora, attach_packed_lora, train_packed_batch
@@ -205,17 +205,11 @@ def big_packed_steps(settings: CheckSettings, peak_gflops: float, say: Callable[
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def _single_process_group(backend: str) -> Iterator[None]:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group(backend, rank=0, world_size=1)
     try:
         yield
