@@ -9,7 +9,7 @@ from pathlib import Path
 import raysem
 
 PACKAGE = Path(raysem.__file__).parent
-LAYERS = [("paths", "errors"), ("data",), ("models",), ("semantics",), ("training",), ("report",), ("service",), ("cli",)]
+LAYERS = [("paths", "errors", "ports"), ("data",), ("models",), ("semantics",), ("training",), ("report",), ("service",), ("cli",)]
 """Bottom to top; a module may import its own layer and those below it."""
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
