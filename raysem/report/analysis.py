@@ -293,17 +293,30 @@ def gamma_effect(trials: pd.DataFrame, group_cols: Sequence[str], metrics: Seque
     return pd.DataFrame(levels), pd.DataFrame(deltas)
 
 
-def filter_effect(trials: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
-    """Figure 7: accuracy per (group, ρ) for filtered and random replacement, and their paired delta."""
+def filter_effect(trials: pd.DataFrame, group_cols: Sequence[str], metric: str = "accuracy") -> pd.DataFrame:
+    """Figure 7: ``metric`` per (group, ρ) for filtered and random replacement, and their paired delta."""
     rows = []
     for key, part in _group_keys(trials, [*group_cols, "replace"]):
         filt = part[part["filter_mode"] == "filter"]
         rand = part[part["filter_mode"] == "random"]
         rows.append({
             **dict(zip([*group_cols, "replace"], key)),
-            "filter": metric_ci(filt["accuracy"]), "random": metric_ci(rand["accuracy"]),
+            "filter": metric_ci(filt[metric]), "random": metric_ci(rand[metric]),
             "n_filter": len(filt), "n_random": len(rand),
-            "delta": paired_delta(rand, filt, "accuracy"),
+            "delta": paired_delta(rand, filt, metric),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def split_by_training(trials: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Per (group, ρ, selection): accuracy on the retained test facts (trained), on the replaced ones (never
+    trained) and on every trained fact, with the mean number of retained and replaced facts per trial."""
+    rows = []
+    for key, part in _group_keys(trials, [*group_cols, "replace", "filter_mode"]):
+        counts = {c: float(part[c].mean()) if c in part and part[c].notna().any() else math.nan for c in ("n_retained", "n_replaced")}
+        rows.append({
+            **dict(zip([*group_cols, "replace", "filter_mode"], key)), "n_trials": len(part), **counts,
+            **{m: metric_ci(part[m]) for m in ("accuracy", "retained_accuracy", "replaced_accuracy", "trained_accuracy")},
         })  # fmt: skip
     return pd.DataFrame(rows)
 

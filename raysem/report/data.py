@@ -61,7 +61,7 @@ FEATURE_TRIALS_PER_MODEL = 50
 TRIAL_METRICS = (
     "accuracy", "token_accuracy", "generality", "locality", "locality_soft", "portability", "deviation_rate", "rd_mean",
     "rd_undefined", "bad_case_rate", "deviation_among_bad", "empty_among_bad", "dist_mean", "dist_var", "dist_undefined",
-    "n_facts", "empty_old", "retained_accuracy", "replaced_accuracy", "trained_accuracy",
+    "n_facts", "empty_old", "retained_accuracy", "replaced_accuracy", "trained_accuracy", "n_retained", "n_replaced",
     "empty_new", "wall_s", "tokens", "final_loss",
 )  # fmt: skip
 """Trial metrics of the run contract; a trial that did not log one reads NaN."""

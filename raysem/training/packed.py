@@ -485,7 +485,7 @@ def run_packed_trials(
         aggregates = aggregate([records[k]]) if k in records else _failed_aggregates(base[fact.id])
         if k in records:  # a single fact trains on its test set: everything tested was trained
             trained_hit = aggregates["accuracy"]
-            aggregates.update(retained_accuracy=trained_hit, replaced_accuracy=math.nan, trained_accuracy=trained_hit)
+            aggregates.update(retained_accuracy=trained_hit, replaced_accuracy=math.nan, trained_accuracy=trained_hit, n_retained=1.0, n_replaced=0.0)
         aggregates.update(
             failed=float(k in run.failed),
             steps=float(run.steps[k]),

@@ -172,7 +172,8 @@ def _accuracy_by_training(
     train_facts: Sequence[Fact], records: list[dict[str, Any]], added_records: list[dict[str, Any]]
 ) -> dict[str, float]:
     """Retained / replaced / trained accuracy (see :func:`finish_trial`) from the test records and those
-    of the added training facts; the plain accuracy for all three when the training set is the test set."""
+    of the added training facts, and how many test facts were retained and replaced; the plain accuracy
+    for all three when the training set is the test set."""
     trained = {f.id for f in train_facts}
     retained = [r["exact_match"] for r in records if r["fact_id"] in trained]
     replaced = [r["exact_match"] for r in records if r["fact_id"] not in trained]
@@ -181,7 +182,10 @@ def _accuracy_by_training(
         return float(np.mean(values)) if values else math.nan
 
     added = [r["exact_match"] for r in added_records]
-    return {"retained_accuracy": mean(retained), "replaced_accuracy": mean(replaced), "trained_accuracy": mean(retained + added)}
+    return {
+        "retained_accuracy": mean(retained), "replaced_accuracy": mean(replaced), "trained_accuracy": mean(retained + added),
+        "n_retained": float(len(retained)), "n_replaced": float(len(replaced)),
+    }  # fmt: skip
 
 
 def finish_trial(
@@ -208,7 +212,8 @@ def finish_trial(
     When the training set is not the test set (data filtering), accuracy is also split by what was
     trained: ``retained_accuracy`` on test facts still in the training set, ``replaced_accuracy``
     on those replaced (never trained), and ``trained_accuracy`` on every fact actually trained
-    (the retained ones and the added ones, which are evaluated for it).
+    (the retained ones and the added ones, which are evaluated for it); ``n_retained`` and ``n_replaced``
+    count the test facts of each kind.
     """
     tested = {f.id for f in test_facts}
     added = [f for f in train_facts if f.id not in tested]

@@ -134,8 +134,10 @@ def study(tmp_path_factory):
     store.trial(exp, second, "single-s99", {"k": 1, "sampling": 99}, None, status="FAILED")
     for sampling in range(2):
         for mode, p in (("filter", 0.5), ("random", 0.2)):
+            split = {"retained_accuracy": p + 0.1 * sampling, "replaced_accuracy": 0.05 * sampling, "n_retained": 4.0 + sampling,
+                     "n_replaced": 6.0 - sampling}  # fmt: skip
             store.trial(exp, second, f"{mode}-s{sampling}", {"k": 10, "sampling": sampling, "filter_mode": mode,
-                        "replace": 0.6, "filter_lambda": 0.5}, _records(rng, 40 + sampling, 10, p))  # fmt: skip
+                        "replace": 0.6, "filter_lambda": 0.5}, _records(rng, 40 + sampling, 10, p), extra=split)  # fmt: skip
     # A second experiment with the same γ = 0, k = 10 configuration, for --compare.
     other = store.experiment(OTHER)
     parent_b = store.parent(other)
@@ -251,6 +253,14 @@ def test_figure_data_and_other_tables(study):
     (row,) = _table(md, "Figure 7 data")
     assert row["ρ"] == "0.6" and row["Pairs"] == "2"
     assert row["Δ filter − random (pp)"].startswith(f"{delta:+.2f}")
+    # ... and split by what was trained: retained / replaced accuracy and counts, paired on retained accuracy.
+    split = {r["Selection"]: r for r in _table(md, "Figure 7, split by what was trained")}
+    assert set(split) == {"filter", "random"} and split["filter"]["Trials"] == "2"
+    assert (split["filter"]["Retained facts"], split["filter"]["Replaced facts"]) == ("4.5", "5.5")
+    assert split["filter"]["Retained (%)"].startswith("55.00 [") and split["random"]["Retained (%)"].startswith("25.00 [")
+    assert split["random"]["Replaced (%)"].startswith("2.50 [")
+    assert split["filter"]["Δ retained (pp)"].startswith("+30.00") and "2 pairs" in split["filter"]["Δ retained (pp)"]
+    assert split["random"]["Δ retained (pp)"] == "—"
     # Table 5 escapes the pipe in the prompt and keeps examples per band.
     examples = _table(md, "Table 5.")
     assert examples and {r["Band"] for r in examples} <= {"short", "medium", "long"}
