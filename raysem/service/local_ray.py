@@ -50,9 +50,10 @@ def processes_of(temp_dir: str | Path) -> list[psutil.Process]:
     return found
 
 
-def stop_processes_of(temp_dir: str | Path, grace: float = 30.0) -> int:
+def stop_processes_of(temp_dir: str | Path, grace: float = 5.0) -> int:
     """End the processes of the Ray started in ``temp_dir`` (:func:`processes_of`): SIGTERM, then SIGKILL
-    after ``grace`` seconds. Returns how many there were."""
+    after ``grace`` seconds. Returns how many there were. Ray's GCS server and autoscaler monitor outlive a
+    SIGTERM once the raylet is gone, so a long grace only delays their SIGKILL."""
     mine = processes_of(temp_dir)
     for proc in mine:
         try:
@@ -69,7 +70,7 @@ def stop_processes_of(temp_dir: str | Path, grace: float = 30.0) -> int:
     return len(mine)
 
 
-def reap_orphaned_rays(grace: float = 30.0) -> dict[int, int]:
+def reap_orphaned_rays(grace: float = 5.0) -> dict[int, int]:
     """Stop the local Rays raysem started whose driver process is gone; returns {driver pid: processes stopped}."""
     if not RAY_ROOT.is_dir():
         return {}

@@ -22,18 +22,37 @@ from raysem.service.study import count_trials, run_study
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def cluster():
+@pytest.fixture(scope="module")
+def simulated():
+    """One simulated cluster for the module: a head without CPUs, a pool node and an A100 node. ``nodes``
+    names the current pool and A100 nodes; a test that loses one replaces it through ``replace_node``."""
     import ray
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
     sim = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port()})
-    nodes = {"pool": sim.add_node(num_cpus=1, resources={"pool": 1}), "a100": sim.add_node(num_cpus=2, resources={"A100": 2})}
+    nodes = {"pool": sim.add_node(**NODE_ARGS["pool"]), "a100": sim.add_node(**NODE_ARGS["a100"])}
     ray.init(address=sim.address)
     yield sim, nodes
     ray.shutdown()
     sim.shutdown()
+
+
+@pytest.fixture()
+def cluster(simulated):
+    sim, nodes = simulated
+    sim.wait_for_nodes()
+    return sim, nodes
+
+
+NODE_ARGS = {"pool": {"num_cpus": 1, "resources": {"pool": 1}}, "a100": {"num_cpus": 2, "resources": {"A100": 2}}}
+
+
+def replace_node(sim, nodes: dict, name: str):
+    """The node goes without a graceful shutdown (a preempted spot node) and a fresh one of its kind joins."""
+    sim.remove_node(nodes[name], allow_graceful=False)
+    nodes[name] = sim.add_node(**NODE_ARGS[name])
+    return nodes[name]
 
 
 def cluster_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
@@ -55,24 +74,6 @@ def exactly_once(uri: str, experiment: str, expected: int) -> None:
     assert (len(keys), len(set(keys)), statuses) == (expected, expected, {"FINISHED"}), (len(keys), len(set(keys)), statuses)
 
 
-def test_trials_land_on_their_pools_and_the_logger_on_the_head(tmp_path, tiny_model_dir, cluster):
-    from ray.util.state import list_actors
-
-    sim, nodes = cluster
-    spec = load_spec(cluster_spec(tmp_path, tiny_model_dir, "placed", sweep={"method": {"grid": ["lora", "full"]}}))
-    outcome = run_study(spec, address=sim.address)
-    exactly_once(outcome.tracking_uri, spec.experiment, count_trials(spec))
-
-    where: dict[str, set[str]] = {}
-    for actor in list_actors(address=sim.address, detail=True, limit=1000):
-        # Ray names a Tune function trainable "ImplicitFunc" or "wrap_function.<locals>.ImplicitFunc"
-        where.setdefault(actor.class_name.rsplit(".", 1)[-1], set()).add(actor.node_id)
-    assert where["TrialLogger"] == {sim.head_node.node_id}, "the logger (and its pending store) stay on the head"
-    assert where["ImplicitFunc"] == {nodes["pool"].node_id}, "every Tune trial on the pool node"
-    train_workers = {node for name, ids in where.items() if name.startswith("RayTrainWorker") for node in ids}
-    assert train_workers == {nodes["a100"].node_id}, f"DeepSpeed workers only on the A100 node, got {where}"
-
-
 def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir, cluster):
     """The pool node disappears mid-study (a preempted spot node: no graceful shutdown), a fresh one joins,
     and the study finishes with every trial exactly once."""
@@ -89,8 +90,7 @@ def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir
         time.sleep(0.5)
     logged = len(trial_runs(spec.tracking.uri, spec.experiment)[1])
     assert job.poll() is None and 2 <= logged < count_trials(spec), "the node must go while the study runs"
-    sim.remove_node(nodes["pool"], allow_graceful=False)
-    sim.add_node(num_cpus=1, resources={"pool": 1})
+    replace_node(sim, nodes, "pool")
     _, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-3000:]
     counts = [int(m) for m in re.findall(r"\[raysem\] trials (\d+)/", stderr)]
@@ -118,17 +118,21 @@ def test_node_local_storage_is_refused_before_any_trial_when_nodes_may_join(tmp_
     exactly_once(shared.tracking.uri, shared.experiment, count_trials(shared))
 
 
-def test_a_lost_a100_node_fails_the_full_finetune_trial_which_retries_once(tmp_path, tiny_model_dir, cluster):
-    """The A100 node goes during a DeepSpeed trial: Ray Train restarts the worker group once a fresh A100
-    node is up, as failure.max_failures allows (and says so), and every trial is logged exactly once."""
+def test_trials_land_on_their_pools_and_a_lost_a100_node_fails_the_full_finetune_trial_which_retries_once(
+    tmp_path, tiny_model_dir, cluster
+):
+    """LoRA and full fine-tuning trials: Tune trials run on the pool node, DeepSpeed workers on A100 nodes, the
+    logger on the head. The A100 node goes during a DeepSpeed trial: Ray Train restarts the worker group once a
+    fresh A100 node is up, as failure.max_failures allows (and says so), and every trial is logged exactly once."""
     from ray.util.state import list_actors
 
     sim, nodes = cluster
     path = cluster_spec(
-        tmp_path, tiny_model_dir, "a100-lost", sampling={"k": 2, "n_samplings": 2, "seed": 2},
-        trial={"method": "full", "steps": 4, "lr": 1e-4, "num_workers": 2, "batch_size": 2}, failure={"max_failures": 1},
+        tmp_path, tiny_model_dir, "a100-lost", sampling={"k": 2, "n_samplings": 2, "seed": 2}, sweep={"method": {"grid": ["lora", "full"]}},
+        trial={"method": "lora", "steps": 4, "lr": 1e-4, "num_workers": 2, "batch_size": 2}, failure={"max_failures": 1},
     )  # fmt: skip
     spec = load_spec(path)
+    earlier = {a.actor_id for a in list_actors(address=sim.address, limit=10000)}  # the module's other tests' actors
     env = {**os.environ, "RAY_ADDRESS": sim.address}
     command = [sys.executable, str(REPO_ROOT / "jobs" / "full_finetune.py"), "--spec", str(path)]
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
@@ -141,8 +145,8 @@ def test_a_lost_a100_node_fails_the_full_finetune_trial_which_retries_once(tmp_p
     while time.time() < deadline and not training() and job.poll() is None:
         time.sleep(0.2)
     assert job.poll() is None and training(), "the node must go while DeepSpeed trains"
-    sim.remove_node(nodes["a100"], allow_graceful=False)
-    sim.add_node(num_cpus=2, resources={"A100": 2})
+    lost = nodes["a100"].node_id
+    fresh = replace_node(sim, nodes, "a100").node_id
     _, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-3000:]
     exactly_once(spec.tracking.uri, spec.experiment, count_trials(spec))
@@ -150,3 +154,14 @@ def test_a_lost_a100_node_fails_the_full_finetune_trial_which_retries_once(tmp_p
     # controller's retry notice reaches the driver's log when Ray forwards it in time.
     for notice in re.findall(r"\[FailurePolicy\] RETRY\n(?:.*\n){0,3}?.*Error count: \d+ \(max allowed: [^)]*\)", stderr):
         assert "max allowed: 1)" in notice, notice
+
+    where: dict[str, set[str]] = {}
+    for actor in list_actors(address=sim.address, detail=True, limit=10000):
+        if actor.actor_id in earlier:
+            continue
+        # Ray names a Tune function trainable "ImplicitFunc" or "wrap_function.<locals>.ImplicitFunc"
+        where.setdefault(actor.class_name.rsplit(".", 1)[-1], set()).add(actor.node_id)
+    assert where["TrialLogger"] == {sim.head_node.node_id}, "the logger (and its pending store) stay on the head"
+    assert where["ImplicitFunc"] == {nodes["pool"].node_id}, "every Tune trial on the pool node"
+    train_workers = {node for name, ids in where.items() if name.startswith("RayTrainWorker") for node in ids}
+    assert train_workers == {lost, fresh}, f"DeepSpeed workers only on the A100 nodes (the lost one, then the fresh one), got {where}"
