@@ -79,7 +79,7 @@ def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir
     and the study finishes with every trial exactly once."""
     sim, nodes = cluster
     path = cluster_spec(
-        tmp_path, tiny_model_dir, "preempted", sampling={"k": 2, "n_samplings": 12, "seed": 1}, failure={"max_failures": 3},
+        tmp_path, tiny_model_dir, "preempted", sampling={"k": 2, "n_samplings": 8, "seed": 1}, failure={"max_failures": 3},
     )  # fmt: skip
     spec = load_spec(path)
     env = {**os.environ, "RAY_ADDRESS": sim.address}
