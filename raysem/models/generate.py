@@ -1,13 +1,21 @@
-"""Batched greedy decoding (left-padded) with per-prompt answer lengths."""
+"""Batched greedy decoding with per-prompt answer lengths, the prompts' shared prefix computed once."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import transformers
+from packaging.version import Version
+from transformers import Cache
 
 from raysem.models.loader import LoadedModel
+
+CACHE_ARGUMENT = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
+"""The KV cache's name in ``generate``'s arguments and in model outputs: ``past_key_values`` before
+transformers 5.24, ``cache`` since."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,18 @@ class Answer:
     n_tokens: int
 
 
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    if not rows:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
+
+
 @torch.no_grad()
 def greedy_answers(
     lm: LoadedModel,
@@ -27,6 +47,7 @@ def greedy_answers(
     max_new_tokens: Sequence[int],
     batch_size: int = 32,
     before_batch: Callable[[list[int]], None] | None = None,
+    share_prefix: bool = True,
 ) -> list[Answer]:
     """Greedy answers to zero-shot questions, ``max_new_tokens[i]`` tokens for question i.
 
@@ -34,24 +55,40 @@ def greedy_answers(
     greedy decoding makes that equal to decoding each question alone with its own budget.
     Questions are sorted by answer budget, then length, so batches decode and pad little;
     answers come back in input order.
+
+    The prompts' shared token prefix (the few-shot exemplars: ~90 of ~105 tokens) runs through the
+    model once per call, and every batch continues from a copy of its KV cache; rows are padded
+    between that prefix and their own tokens, and the attention mask and positions skip the padding.
     ``before_batch``, when given, is called before each batch is decoded with the input indices
-    of its rows (in row order), so per-row state such as a packed-adapter map can be set.
+    of its rows (in row order), so per-row state such as a packed-adapter map can be set; the prefix
+    then runs once per batch, under that state. ``share_prefix=False`` decodes every row from its whole
+    prompt, left-padded (``benchmarks/eval_prefix.py`` compares the two).
     """
     if len(questions) != len(max_new_tokens):
         raise ValueError(f"{len(questions)} questions but {len(max_new_tokens)} answer lengths")
     tokenizer = lm.tokenizer
-    prompts = [lm.format_prompt(q) for q in questions]
-    order = sorted(range(len(prompts)), key=lambda i: (int(max_new_tokens[i]), len(prompts[i])))
-    answers: list[Answer | None] = [None] * len(prompts)
+    ids = [tokenizer(lm.format_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+    shared = shared_prefix_length(ids) if share_prefix else 0
+    prefix = torch.tensor([ids[0][:shared]] if ids else [[]], dtype=torch.long, device=lm.device)
+    prefix_cache = _prefix_cache(lm, prefix) if shared and before_batch is None else None  # else per batch, below
+    order = sorted(range(len(ids)), key=lambda i: (int(max_new_tokens[i]), len(ids[i])))
+    answers: list[Answer | None] = [None] * len(ids)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         budget = max(max(1, int(max_new_tokens[i])) for i in rows)
-        batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(lm.device)
+        input_ids, mask = _padded_after_prefix(prefix, [ids[i][shared:] for i in rows], tokenizer.pad_token_id)
         if before_batch is not None:
             before_batch(rows)
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+        elif shared:  # per-row state (a packed-adapter map): the prefix runs once per row, under it
+            cache = _prefix_cache(lm, prefix.expand(len(rows), -1))
         output = lm.model.generate(
-            **batch,
+            input_ids=input_ids,
+            attention_mask=mask,
+            **{CACHE_ARGUMENT: cache},
             max_new_tokens=budget,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
@@ -59,7 +96,7 @@ def greedy_answers(
             top_p=None,
             top_k=None,
         )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        new_tokens = output[:, input_ids.shape[1] :]
         for row, i in enumerate(rows):
             tokens = new_tokens[row, : max(1, int(max_new_tokens[i]))].tolist()
             if tokenizer.eos_token_id in tokens:
@@ -68,3 +105,21 @@ def greedy_answers(
             text = lm.clean_answer(tokenizer.decode(tokens, skip_special_tokens=True))
             answers[i] = Answer(text=text, raw=raw, n_tokens=len(tokens))
     return [a for a in answers if a is not None]
+
+
+def _prefix_cache(lm: LoadedModel, prefix: torch.Tensor) -> Cache:
+    """The KV cache of ``prefix`` (rows × n tokens) under the model's current weights."""
+    return getattr(lm.model(input_ids=prefix, use_cache=True), CACHE_ARGUMENT)
+
+
+def _padded_after_prefix(prefix: torch.Tensor, tails: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prefix + padding + tail`` per row, right-aligned so every row's next token is generated at the
+    same column, and the attention mask (0 on the padding)."""
+    shared, width = prefix.shape[1], max(len(t) for t in tails)
+    input_ids = torch.full((len(tails), shared + width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    input_ids[:, :shared], mask[:, :shared] = prefix.cpu(), 1
+    for row, tail in enumerate(tails):
+        input_ids[row, shared + width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+        mask[row, shared + width - len(tail) :] = 1
+    return input_ids.to(prefix.device), mask.to(prefix.device)

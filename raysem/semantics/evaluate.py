@@ -123,7 +123,7 @@ def _answers_by_kind(
 ) -> list[dict[str, list[Answer]]]:
     """Greedy answers to each fact's questions of the given ``kinds`` (prompt, rephrasings, locality
     and portability probes), decoded together in one ``greedy_answers`` call (so batches stay full);
-    per fact, a list for each kind (budgets as in :func:`_questions`).
+    per fact, a list for each kind (budgets as in :func:`fact_questions`).
     ``before_batch`` is called with, for each row of a model batch, the index of the fact it belongs to.
     """
     owners: list[int] = []
@@ -132,7 +132,7 @@ def _answers_by_kind(
     row_kinds: list[str] = []
     for i, f in enumerate(facts):
         for kind in kinds:
-            for question, length in _questions(lm, f, budgets[i], kind):
+            for question, length in fact_questions(lm, f, budgets[i], kind):
                 owners.append(i)
                 row_kinds.append(kind)
                 questions.append(question)
@@ -144,7 +144,7 @@ def _answers_by_kind(
     return grouped
 
 
-def _questions(lm: LoadedModel, fact: Fact, budget: int, kind: str) -> list[tuple[str, int]]:
+def fact_questions(lm: LoadedModel, fact: Fact, budget: int, kind: str) -> list[tuple[str, int]]:
     """A fact's questions of one kind with their answer budgets: ``budget`` (the fact's) for the prompt
     and rephrasings, ``LoadedModel.answer_budget`` of the reference answer for a probe."""
     if kind == "prompt":
