@@ -106,14 +106,6 @@ def trial_runs(uri: str, experiment: str):
     return client, client.search_runs([exp.experiment_id], filter_string="tags.`raysem.role` = 'trial'", max_results=1000)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_http(url: str, timeout: float = 90.0) -> None:
     """Poll ``url`` until it answers 200 or ``timeout`` seconds pass."""
     import time

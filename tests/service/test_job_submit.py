@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO_ROOT, free_port, start_mlflow_server
+from conftest import REPO_ROOT, start_mlflow_server
 from mlflow import MlflowClient
 
+from raysem.ports import free_port
 from raysem.service.local_ray import stop_processes_of
 from raysem.service.ray_auth import auth_env, ensure_token
 

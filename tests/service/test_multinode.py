@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, free_port, tiny_spec, trial_runs
+from conftest import REPO_ROOT, tiny_spec, trial_runs
 
+from raysem.ports import free_port
 from raysem.service.spec import load_spec
 from raysem.service.study import count_trials, run_study
 

@@ -7,9 +7,10 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import free_port, start_mlflow_server
+from conftest import start_mlflow_server
 from mlflow import MlflowClient
 
+from raysem.ports import free_port
 from raysem.service import tracking
 from raysem.training.results import TrialResult, aggregate
 
