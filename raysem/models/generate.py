@@ -7,15 +7,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import transformers
-from packaging.version import Version
-from transformers import Cache
 
+from raysem.models.kv_cache import CACHE_ARGUMENT, prefix_cache, shared_prefix_length
 from raysem.models.loader import LoadedModel
-
-CACHE_ARGUMENT = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
-"""The KV cache's name in ``generate``'s arguments and in model outputs: ``past_key_values`` before
-transformers 5.24, ``cache`` since."""
 
 
 @dataclass(frozen=True)
@@ -26,18 +20,6 @@ class Answer:
     text: str
     raw: str
     n_tokens: int
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own."""
-    if not rows:
-        return 0
-    limit = min(len(r) for r in rows) - 1
-    first = rows[0]
-    n = 0
-    while n < limit and all(r[n] == first[n] for r in rows):
-        n += 1
-    return n
 
 
 @torch.no_grad()
@@ -62,7 +44,7 @@ def greedy_answers(
     ``before_batch``, when given, is called before each batch is decoded with the input indices
     of its rows (in row order), so per-row state such as a packed-adapter map can be set; the prefix
     then runs once per batch, under that state. ``share_prefix=False`` decodes every row from its whole
-    prompt, left-padded (``benchmarks/eval_prefix.py`` compares the two).
+    prompt, left-padded (``benchmarks/shared_prefix.py`` compares the two).
     """
     if len(questions) != len(max_new_tokens):
         raise ValueError(f"{len(questions)} questions but {len(max_new_tokens)} answer lengths")
@@ -70,7 +52,7 @@ def greedy_answers(
     ids = [tokenizer(lm.format_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
     shared = shared_prefix_length(ids) if share_prefix else 0
     prefix = torch.tensor([ids[0][:shared]] if ids else [[]], dtype=torch.long, device=lm.device)
-    prefix_cache = _prefix_cache(lm, prefix) if shared and before_batch is None else None  # else per batch, below
+    shared_cache = prefix_cache(lm.model, prefix) if shared and before_batch is None else None  # else per batch, below
     order = sorted(range(len(ids)), key=lambda i: (int(max_new_tokens[i]), len(ids[i])))
     answers: list[Answer | None] = [None] * len(ids)
     for start in range(0, len(order), batch_size):
@@ -80,11 +62,11 @@ def greedy_answers(
         if before_batch is not None:
             before_batch(rows)
         cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
+        if shared_cache is not None:
+            cache = copy.deepcopy(shared_cache)
             cache.batch_repeat_interleave(len(rows))
         elif shared:  # per-row state (a packed-adapter map): the prefix runs once per row, under it
-            cache = _prefix_cache(lm, prefix.expand(len(rows), -1))
+            cache = prefix_cache(lm.model, prefix.expand(len(rows), -1))
         output = lm.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -105,11 +87,6 @@ def greedy_answers(
             text = lm.clean_answer(tokenizer.decode(tokens, skip_special_tokens=True))
             answers[i] = Answer(text=text, raw=raw, n_tokens=len(tokens))
     return [a for a in answers if a is not None]
-
-
-def _prefix_cache(lm: LoadedModel, prefix: torch.Tensor) -> Cache:
-    """The KV cache of ``prefix`` (rows × n tokens) under the model's current weights."""
-    return getattr(lm.model(input_ids=prefix, use_cache=True), CACHE_ARGUMENT)
 
 
 def _padded_after_prefix(prefix: torch.Tensor, tails: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,7 +70,9 @@ def evaluate_facts(
     dist_new = embedder.distance([a.text for a in new], [f.target for f in facts])
     if before_batch is not None:
         before_batch(list(range(len(facts))))
-    tok_acc = token_accuracy(lm.model, encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]).to(lm.device))
+    # per-row state (a packed-adapter map) needs every row's whole prompt; otherwise the prefix runs once
+    batch = encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts], share_prefix=before_batch is None)
+    tok_acc = token_accuracy(lm.model, batch.to(lm.device))
 
     def texts(i: int, kind: str) -> list[str]:
         return [a.text for a in answers[i][kind]]

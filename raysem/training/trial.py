@@ -124,7 +124,7 @@ def training_step(
     distributed engine wraps); ``lm`` provides the tokenizer and prompt format.
     """
     device = next(model.parameters()).device
-    batch = encode_targets(lm, [f.prompt for f in batch_facts], [f.target for f in batch_facts]).to(device)
+    batch = encode_targets(lm, [f.prompt for f in batch_facts], [f.target for f in batch_facts], share_prefix=True).to(device)
     distances = [base[f.id]["dist_old"] for f in batch_facts]
     loss = reweighted_loss(target_logits(model, batch), batch.labels, distances, cfg.gamma, reduction="mean")
     return check_finite(loss, batch_facts)

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from raysem.models.generate import greedy_answers, shared_prefix_length
+from raysem.models.generate import greedy_answers
+from raysem.models.kv_cache import shared_prefix_length
 from raysem.models.prompts import Prompting
 
 QUESTIONS = [
