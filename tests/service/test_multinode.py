@@ -158,7 +158,7 @@ def test_trials_land_on_their_pools_and_a_lost_a100_node_fails_the_full_finetune
 
     where: dict[str, set[str]] = {}
     for actor in list_actors(address=sim.address, detail=True, limit=10000):
-        if actor.actor_id in earlier:
+        if actor.actor_id in earlier or actor.node_id is None:  # None: created, never placed (a group torn down with its node)
             continue
         # Ray names a Tune function trainable "ImplicitFunc" or "wrap_function.<locals>.ImplicitFunc"
         where.setdefault(actor.class_name.rsplit(".", 1)[-1], set()).add(actor.node_id)
