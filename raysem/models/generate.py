@@ -42,17 +42,17 @@ def greedy_answers(
     model once per call, and every batch continues from a copy of its KV cache; rows are padded
     between that prefix and their own tokens, and the attention mask and positions skip the padding.
     ``before_batch``, when given, is called before each batch is decoded with the input indices
-    of its rows (in row order), so per-row state such as a packed-adapter map can be set; the prefix
-    then runs once per batch, under that state. ``share_prefix=False`` decodes every row from its whole
-    prompt, left-padded (``benchmarks/shared_prefix.py`` compares the two).
+    of its rows (in row order), so per-row state such as a packed-adapter map can be set; rows under
+    per-row state share no cache, so they decode from their whole prompts, left-padded, as they do
+    with ``share_prefix=False`` (``benchmarks/shared_prefix.py`` compares the two).
     """
     if len(questions) != len(max_new_tokens):
         raise ValueError(f"{len(questions)} questions but {len(max_new_tokens)} answer lengths")
     tokenizer = lm.tokenizer
     ids = [tokenizer(lm.format_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
-    shared = shared_prefix_length(ids) if share_prefix else 0
+    shared = shared_prefix_length(ids) if share_prefix and before_batch is None else 0
     prefix = torch.tensor([ids[0][:shared]] if ids else [[]], dtype=torch.long, device=lm.device)
-    shared_cache = prefix_cache(lm.model, prefix) if shared and before_batch is None else None  # else per batch, below
+    shared_cache = prefix_cache(lm.model, prefix) if shared else None
     order = sorted(range(len(ids)), key=lambda i: (int(max_new_tokens[i]), len(ids[i])))
     answers: list[Answer | None] = [None] * len(ids)
     for start in range(0, len(order), batch_size):
@@ -65,8 +65,6 @@ def greedy_answers(
         if shared_cache is not None:
             cache = copy.deepcopy(shared_cache)
             cache.batch_repeat_interleave(len(rows))
-        elif shared:  # per-row state (a packed-adapter map): the prefix runs once per row, under it
-            cache = prefix_cache(lm.model, prefix.expand(len(rows), -1))
         output = lm.model.generate(
             input_ids=input_ids,
             attention_mask=mask,

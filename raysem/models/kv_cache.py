@@ -28,6 +28,6 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 
 def prefix_cache(model: nn.Module, prefix: torch.Tensor) -> Cache:
-    """The KV cache of ``prefix`` (rows × n tokens) under ``model``'s current weights (a causal LM or its
+    """The KV cache of ``prefix`` (1 × n tokens) under ``model``'s current weights (a causal LM or its
     decoder stack); it carries autograd history when gradients are enabled."""
     return getattr(model(input_ids=prefix, use_cache=True), CACHE_ARGUMENT)

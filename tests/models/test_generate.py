@@ -52,8 +52,8 @@ def test_shared_prefix_length_leaves_every_row_a_token():
 @pytest.mark.slow
 @pytest.mark.parametrize("style, hooked", [("fewshot", False), ("fewshot", True), ("chat", False)])
 def test_batched_answers_from_the_shared_prefix_equal_each_prompt_alone(smol64, style, hooked):
-    """The tokens must be identical. With a ``before_batch`` hook the prefix runs per batch; the hook sees
-    every row once."""
+    """The tokens must be identical. With a ``before_batch`` hook (per-row state) rows decode from their whole
+    prompts; the hook sees every row once."""
     lm = dataclasses.replace(smol64, prompting=Prompting(style))
     seen: list[int] = []
     answers = greedy_answers(lm, QUESTIONS, BUDGETS, batch_size=3, before_batch=seen.extend if hooked else None)

@@ -22,6 +22,8 @@ from raysem.service.study import count_trials, run_study
 
 pytestmark = pytest.mark.slow
 
+NODE_ARGS = {"pool": {"num_cpus": 1, "resources": {"pool": 1}}, "a100": {"num_cpus": 2, "resources": {"A100": 2}}}
+
 
 @pytest.fixture(scope="module")
 def simulated():
@@ -41,12 +43,10 @@ def simulated():
 
 @pytest.fixture()
 def cluster(simulated):
+    """The module's cluster, once every node it has is up."""
     sim, nodes = simulated
     sim.wait_for_nodes()
     return sim, nodes
-
-
-NODE_ARGS = {"pool": {"num_cpus": 1, "resources": {"pool": 1}}, "a100": {"num_cpus": 2, "resources": {"A100": 2}}}
 
 
 def replace_node(sim, nodes: dict, name: str):
