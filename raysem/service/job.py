@@ -40,13 +40,16 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
         print(f"raysem: spec error: {exc}", file=sys.stderr)
         return 2
 
-    from raysem.service.study import ResourceError, run_study
+    from raysem.service.study import ResourceError, StudyInterrupted, run_study
 
     try:
         outcome = run_study(spec, address=args.address, resume=args.resume)
     except (ResourceError, SpecError) as exc:
         print(f"raysem: {exc}", file=sys.stderr)
         return 2
+    except StudyInterrupted as exc:
+        print(f"raysem: study {spec.name}: {exc}", file=sys.stderr)
+        return 130
     rate = outcome.trials / outcome.wall_s * 3600 if outcome.wall_s else 0.0
     print(
         f"raysem: study {outcome.name}: {outcome.trials} trials in {outcome.wall_s:.1f} s ({rate:,.0f} trials/hour); "

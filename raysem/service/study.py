@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -36,10 +38,43 @@ from raysem.training.results import TrialResult
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "30")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# SIGINT is the study's (see StopOnSigint): Tune's own handler outlives tune.run and swallows a
+# Ctrl-C that arrives between two Tune runs.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
 class ResourceError(RuntimeError):
     """The Ray cluster cannot offer what a study's trials ask for."""
+
+
+class StudyInterrupted(RuntimeError):
+    """A Tune run ended before all its trials did (SIGINT, or ``failure.fail_fast`` after a failed trial)."""
+
+
+class StopOnSigint:
+    """Within a study, the first SIGINT stops the running Tune run the way Tune's Ctrl-C does (through
+    the SIGUSR1 handler each Tune run installs) and is remembered, so the study stops instead of going
+    on to its next phase; a second SIGINT interrupts at once. Outside the main thread, does nothing."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopOnSigint":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler: checkpoint the experiment, end the run
 
 
 def trial_key(point: dict[str, Any], sampling: int, k: int) -> str:
@@ -405,6 +440,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         tracking.check_reachable(uri)
         if resume and parent_file.exists():
             parent_id = parent_file.read_text().strip()
+            tracking.reopen_study(uri, parent_id)
             tracking.close_orphaned_runs(uri, spec.experiment)
             if pending.exists():
                 logged, already, errors = tracking.sync_pending(uri, pending)
@@ -429,19 +465,24 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     # Results live in MLflow and the pending store; with the per-trial loggers off, the ResultGrid
     # that fit() builds finds no result.json and would warn once per trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    results = tuner.fit()
     best = None
-    if spec.search.algorithm != "grid":
-        best = best_point(spec, results)
-        if spec.search.confirm:
-            _confirm(spec, best, trainable, storage, progress, resume)
-    left = ray.get(logger.flush.remote())
-    if parent_id:
-        try:
-            tracking.with_retries(lambda: tracking.finish_study(uri, parent_id), f"marking the study run {parent_id} finished")
-        except tracking.TrackingUnavailable as exc:  # the trials are safe; only the parent run's status is stale
-            print(f"raysem: {exc}; the study run stays RUNNING in MLflow")
-    ray.kill(logger)
+    status = "KILLED"
+    try:
+        with StopOnSigint() as stop:
+            results = _fit(tuner, num_samples * (len(expand_units(spec)) if spec.search.algorithm == "grid" else 1), stop)
+            if spec.search.algorithm != "grid":
+                best = best_point(spec, results)
+                if spec.search.confirm:
+                    _confirm(spec, best, trainable, storage, progress, resume, stop)
+        status = "FINISHED"
+    finally:
+        left = ray.get(logger.flush.remote())
+        if parent_id:
+            try:
+                tracking.with_retries(lambda: tracking.finish_study(uri, parent_id, status), f"marking the study run {parent_id} {status}")
+            except tracking.TrackingUnavailable as exc:  # the trials are safe; only the parent run's status is stale
+                print(f"raysem: {exc}; the study run stays RUNNING in MLflow")
+        ray.kill(logger)
     return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best)
 
 
@@ -469,7 +510,26 @@ def _tuner(
     )
 
 
-def _confirm(spec: StudySpec, best: dict[str, Any], trainable: Any, storage: Path, progress: "Progress", resume: bool) -> None:
+def _confirm(
+    spec: StudySpec, best: dict[str, Any], trainable: Any, storage: Path, progress: "Progress", resume: bool, stop: StopOnSigint
+) -> None:
     """Run the confirmation units as a grid of their own (``<name>-confirm``); resumable like any study."""
-    units = {"unit": tune.grid_search(confirmation_units(spec, best))}
-    _tuner(spec, trainable, storage / f"{spec.name}-confirm", units, None, 1, progress, resume).fit()
+    units = confirmation_units(spec, best)
+    tuner = _tuner(spec, trainable, storage / f"{spec.name}-confirm", {"unit": tune.grid_search(units)}, None, 1, progress, resume)
+    _fit(tuner, len(units), stop)
+
+
+def _fit(tuner: tune.Tuner, expected: int, stop: StopOnSigint) -> tune.ResultGrid:
+    """``tuner.fit()``, raising :class:`StudyInterrupted` after a SIGINT or when fewer than ``expected`` Tune
+    trials reported or errored: Tune returns normally when stopped, with the trials it stopped marked
+    TERMINATED like finished ones, and what comes next (a best point, a finished study run) needs them all."""
+    results = None if stop.received else tuner.fit()
+    ended = sum(1 for r in results if r.error is not None or "trials_run" in r.metrics) if results else 0
+    if stop.received or ended < expected:
+        where = f"the Tune run at {results.experiment_path}" if results else "the study"
+        raise StudyInterrupted(
+            f"{where} stopped with {ended} of {expected} Tune trials ended "
+            + ("(SIGINT). " if stop.received else f"({results.num_errors} errored; failure.fail_fast after a failed trial?). ")
+            + "Every finished trial is logged; rerun with --resume to run the rest."
+        )
+    return results

@@ -88,7 +88,13 @@ def start_study(uri: str, experiment: str, run_name: str, tags: dict[str, str], 
 
 
 def finish_study(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the study's parent run ended: FINISHED, or KILLED when its Tune run was interrupted."""
     _client(uri).set_terminated(run_id, status=status)
+
+
+def reopen_study(uri: str, run_id: str) -> None:
+    """Mark a resumed study's parent run RUNNING again."""
+    _client(uri).update_run(run_id, status="RUNNING")
 
 
 def finished_trial_keys(uri: str, experiment: str) -> set[str]:

@@ -19,15 +19,18 @@ from raysem.service.study import ResourceError, count_trials, run_study
 pytestmark = pytest.mark.slow
 
 
-def interrupt_after_two_runs(command: list[str], cwd: Path, env: dict[str, str], spec) -> None:
-    """Start a study job, and interrupt it (SIGINT to its process group) once two trial runs are logged."""
-    first = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True)
+def interrupt_after_two_runs(command: list[str], cwd: Path, env: dict[str, str], spec) -> str:
+    """Start a study job, interrupt it (SIGINT to its process group) once two trial runs are logged, and
+    return its stderr; the job must exit with an error, not carry on as if its Tune run had finished."""
+    first = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2:
         time.sleep(0.5)
     assert first.poll() is None, "the study finished before it could be interrupted"
     os.killpg(first.pid, signal.SIGINT)
-    first.wait(timeout=120)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode != 0, stderr[-3000:]
+    return stderr
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +97,11 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
     assert spec.objective == "trained_accuracy"
     command = [sys.executable, str(REPO_ROOT / "jobs" / "gamma_lambda_sweep.py"), "--spec", str(path)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    interrupt_after_two_runs(command, tmp_path, env, spec)
-    assert len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < count_trials(spec)
+    stderr = interrupt_after_two_runs(command, tmp_path, env, spec)
+    assert "rerun with --resume" in stderr, stderr[-3000:]
+    client, runs = trial_runs(spec.tracking.uri, spec.experiment)
+    assert len(runs) < count_trials(spec)
+    assert client.get_run(runs[0].data.tags["mlflow.parentRunId"]).info.status == "KILLED"
 
     resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -110,6 +116,7 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
     assert ("0.0", "0.0") in points and len(points) == 2
     assert sorted(r.data.params["sampling"] for r in confirm) == ["0", "0", "1", "1"]
     assert all("trained_accuracy" in r.data.metrics and "retained_accuracy" in r.data.metrics for r in runs)
+    assert client.get_run(runs[0].data.tags["mlflow.parentRunId"]).info.status == "FINISHED"
 
     again = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
     assert again.returncode == 0 and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) == len(runs), "confirmation runs once"
@@ -118,3 +125,25 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
     assert "sweep" in summary.sections and "sweep" in summary.figures
     text = summary.markdown.read_text()
     assert "Confirmation: trained_accuracy" in text and "Δ best − baseline" in text
+
+
+def test_sigint_stops_the_running_tune_run_and_the_study():
+    """The first SIGINT goes to the running Tune run's stop handler (SIGUSR1) and is remembered, so that no
+    later phase starts; a second SIGINT interrupts at once."""
+    from raysem.service.study import StopOnSigint, StudyInterrupted, _fit
+
+    stopped = []
+    before = signal.signal(signal.SIGUSR1, lambda *_: stopped.append(True))
+    try:
+        with StopOnSigint() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert stop.received and stopped == [True]
+            with pytest.raises(StudyInterrupted, match=r"0 of 3 Tune trials ended \(SIGINT\).*--resume"):
+                _fit(None, 3, stop)  # a phase that has not started yet does not start
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
