@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The runs behind docs/reproduction.md, on one machine (2 CPU cores), in the order they were run.
-# Every study logs to one SQLite MLflow store and resumes where it stopped (--resume: Tune restores
-# the run; trials already in MLflow are never run again), so this script can be re-run after an
-# interruption. Its reports land in docs/reproduction/<study>/.
+# Every study logs to one SQLite MLflow store, docs/reproduction/store/ (the database and, beside it,
+# its artifacts; committed after each sitting, so a later sitting on another checkout resumes it), and
+# resumes where it stopped (--resume: Tune restores the run; trials already in MLflow are never run
+# again), so this script can be re-run after an interruption. Its reports land in docs/reproduction/<study>/.
 #   bash docs/reproduction/run.sh [study ...]     # default: all, in this order
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${RAYSEM_REPRO_OUT:-raysem-out}
-mkdir -p "$OUT"
-STORE="sqlite:///$(realpath "$OUT")/reproduction.db"
+mkdir -p "$OUT" docs/reproduction/store
+STORE="sqlite:///$(realpath docs/reproduction/store)/reproduction.db"
 LOCAL=(--set 'resources={cpu: 2, gpu: 0, expect_autoscaling: false}' --set max_concurrent=1
        --tracking-uri "$STORE" --storage "$(realpath "$OUT")/ray")
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from mlflow.entities import Metric, Param, RunTag
@@ -57,7 +58,7 @@ def log_runs(uri: str, items: list[RunBatchItem], on_logged: Callable[[int, str]
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_ids = {name: experiment_of(client, name).experiment_id for name in {item.experiment for item in items}}
+    experiment_ids = {name: experiment_of(client, name, uri).experiment_id for name in {item.experiment for item in items}}
 
     def one(index: int) -> str:
         run_id = log_run(uri, items[index], experiment_ids[items[index].experiment])
@@ -74,7 +75,7 @@ def log_run(uri: str, item: RunBatchItem, experiment_id: str | None = None) -> s
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = experiment_id or experiment_of(client, item.experiment).experiment_id
+    experiment_id = experiment_id or experiment_of(client, item.experiment, uri).experiment_id
     run_id = client.create_run(experiment_id, run_name=item.run_name, tags=item.tags).info.run_id
     try:
         client.log_batch(run_id, metrics=item.metrics, params=item.params)
@@ -98,7 +99,7 @@ def _log_runs_sql(uri: str, items: list[RunBatchItem]) -> list[str]:
     from mlflow.utils.validation import _validate_batch_log_data
 
     store = _get_store(uri)
-    experiments = {name: experiment_of(store, name) for name in {item.experiment for item in items}}
+    experiments = {name: experiment_of(store, name, uri) for name in {item.experiment for item in items}}
     now = int(time.time() * 1000)
     runs, tags, params, metrics, latest, run_ids = [], [], [], [], [], []
     for item in items:
@@ -136,7 +137,20 @@ def _log_runs_sql(uri: str, items: list[RunBatchItem]) -> list[str]:
     return run_ids
 
 
-def experiment_of(store, name: str):
-    """The experiment called ``name`` (created when missing) from an MLflow store or client."""
+def experiment_of(store, name: str, uri: str):
+    """The experiment called ``name`` (created when missing) from the MLflow store or client of ``uri``."""
     experiment = store.get_experiment_by_name(name)
-    return experiment if experiment is not None else store.get_experiment(store.create_experiment(name))
+    if experiment is None:
+        experiment = store.get_experiment(store.create_experiment(name, artifact_location=artifact_location(uri, name)))
+    return experiment
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite database (``<db>-artifacts/<experiment>``),
+    so that the database and its artifacts form one folder that can be moved or archived together
+    (MLflow's own default is ``./mlruns`` under whatever directory the study started in); elsewhere
+    the server's default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (db.parent / f"{db.stem}-artifacts" / experiment).as_uri()

@@ -82,7 +82,7 @@ def _client(uri: str):
 def start_study(uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
     """Create the study's parent run and return its id (raises if MLflow is unreachable)."""
     client = _client(uri)
-    run = client.create_run(experiment_of(client, experiment).experiment_id, run_name=run_name, tags={ROLE: "study", **tags})
+    run = client.create_run(experiment_of(client, experiment, uri).experiment_id, run_name=run_name, tags={ROLE: "study", **tags})
     client.log_batch(run.info.run_id, params=_params(params))
     return run.info.run_id
 

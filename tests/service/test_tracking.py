@@ -65,6 +65,9 @@ def test_trials_logged_to_sqlite_in_one_batch_read_back(tmp_path):
         assert_trial_run(uri, "exp-a", f"t-{i}", parent)
     assert read_back(uri, "exp-a", "t-bad")[1].data.tags["raysem.error"] == "ValueError: x"
     assert tracking.finished_trial_keys(uri, "exp-a") == {"t-0", "t-1", "t-2", "t-bad"}
+    # The store is one folder: the artifacts sit beside the database, not in ./mlruns of the working directory.
+    stored = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("facts.parquet"))
+    assert len(stored) == 4 and all(p.startswith("mlflow-artifacts/exp-a/") for p in stored), stored
 
 
 def test_a_batch_is_stored_whole_or_not_at_all(tmp_path):
