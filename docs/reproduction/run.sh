@@ -23,6 +23,9 @@ run() {  # run <job> <report name> [overrides...]
 declare -A STUDY=(
   # γ = 0 calibration of lr × steps (single facts and 100-fact sets)
   [calibration]="calibration calibration"
+  # the same for the two regimes the AdamW LoRA calibration does not cover: LoRA under SGD, and Adapter-tuning
+  [calibration_sgd]="calibration calibration-sgd --set name=calibration-sgd --set tracking.experiment=calibration-sgd --set trial.optimizer=sgd --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10] --set sweep.lr.grid=[0.1,0.3,1.0,3.0]"
+  [calibration_adapter]="calibration calibration-adapter --set name=calibration-adapter --set tracking.experiment=calibration-adapter --set trial.method=adapter --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10] --set sweep.lr.grid=[0.001,0.003,0.01]"
   # Table 1, Figure 4: 300 single-fact LoRA trials on ZsRE
   [single]="single_fact_deviation single-fact-deviation --set sampling.n_samplings=300"
   # Tables 3-4 (AdamW), and Figures 3, 6, Table 2 from the γ = 0 arm: γ ∈ {0, 1} on the same 100-fact
@@ -37,7 +40,7 @@ declare -A STUDY=(
   [adapter]="accuracy_vs_distance accuracy-vs-distance --set sampling.n_samplings=10 --set sweep.method.grid=[adapter] --set trial.lr=null"
   [counterfact]="accuracy_vs_distance accuracy-vs-distance-counterfact --set name=accuracy-vs-distance-counterfact --set dataset=counterfact --set sampling.n_samplings=10 --set sweep.method.grid=[lora]"
 )
-ORDER=(calibration single reweight reweight_gamma2 filter reweight_sgd adapter counterfact)
+ORDER=(calibration calibration_sgd calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086
