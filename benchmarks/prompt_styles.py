@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 
-from raysem.models.loader import DEFAULT_MODEL
+from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.prompts import PROMPT_STYLES, Prompting
 from raysem.semantics.tables import distance_table, summary
 

@@ -23,10 +23,11 @@ import time
 import torch
 
 from raysem.data.datasets import load_facts
+from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.encoding import encode_targets, target_logits
 from raysem.models.generate import greedy_answers
 from raysem.models.kv_cache import shared_prefix_length
-from raysem.models.loader import DEFAULT_MODEL, load_model
+from raysem.models.loader import load_model
 from raysem.semantics.evaluate import ANSWER_KINDS, fact_questions
 from raysem.semantics.loss import reweighted_loss
 from raysem.training.config import TrialConfig

@@ -74,3 +74,22 @@ def test_the_tree_shows_the_layers():
         prefixes = Counter(p.stem.split("_")[0] for p in folder.glob("*.py") if "_" in p.stem and p.stem != "__init__")
         assert all(n < 3 for n in prefixes.values()), (folder, prefixes)
         assert (folder / "__init__.py").read_text().strip(), f"{folder}: __init__.py says nothing of what lives there"
+
+
+def test_the_command_line_starts_without_torch_ray_or_mlflow():
+    """``raysem --help`` stays fast: the heavy libraries load only in the command that needs them."""
+    import subprocess
+    import sys
+
+    code = "import sys, raysem.cli.main; print(sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_bench_help_gives_the_benchmark_default_pack_sizes():
+    from typer.testing import CliRunner
+
+    from raysem.cli.main import app
+    from raysem.training.bench import PACK_SIZES, QUICK_PACK_SIZES
+
+    text = " ".join(CliRunner().invoke(app, ["bench", "--help"]).output.replace("│", " ").split())
+    assert f"default {','.join(map(str, PACK_SIZES))}; quick: {','.join(map(str, QUICK_PACK_SIZES))}" in text

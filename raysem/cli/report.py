@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from raysem.report.data import ReportError
-
 report_app = typer.Typer(help="Build the figures and tables of a study from MLflow.")
 
 
@@ -23,6 +21,7 @@ def report(
 ) -> None:
     """Write report.md, a self-contained report.html and the PNG figures; log them to MLflow."""
     from raysem.report.build import build_report
+    from raysem.report.data import ReportError
 
     try:
         summary = build_report(experiment, tracking_uri=tracking_uri, out_dir=out, compare=compare, log_to_mlflow=not no_log)

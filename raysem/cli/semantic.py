@@ -44,7 +44,7 @@ def distances(
 ) -> None:
     """Compute (or read from the cache) the base model's answers and target distances for a dataset."""
     from raysem.data.facts import DatasetError
-    from raysem.models.loader import ModelError
+    from raysem.models.catalog import ModelError
     from raysem.semantics.tables import distance_table, summary
 
     if out is not None and out.suffix not in (".parquet", ".csv"):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from raysem.cli import options
 from raysem.data.facts import DatasetError, Fact, FactSet
-from raysem.models.loader import DEFAULT_MODEL, ModelError
+from raysem.models.catalog import DEFAULT_MODEL, ModelError
 from raysem.training.config import METHODS, TrialConfig
 
 trial_app = typer.Typer(help="Run one knowledge-learning trial.")

@@ -32,7 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import raysem
 from raysem.data.facts import Fact, FactSet, facts_sha256
 from raysem.errors import SpecError
-from raysem.models.loader import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load_model
+from raysem.models.catalog import DEFAULT_MODEL, EMBEDDED_MODELS
+from raysem.models.loader import LoadedModel, load_model
 from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
 from raysem.paths import cache_dir
 from raysem.semantics.evaluate import BaseRecord, base_records

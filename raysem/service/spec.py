@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysem.errors import SpecError
-from raysem.models.loader import DEFAULT_MODEL
+from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
 from raysem.training.config import METHODS, TrialConfig
 

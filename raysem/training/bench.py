@@ -42,7 +42,8 @@ from torch import nn
 
 from raysem.data.datasets import load_facts
 from raysem.data.facts import Fact
-from raysem.models.loader import DEFAULT_MODEL, LoadedModel, load_model
+from raysem.models.catalog import DEFAULT_MODEL
+from raysem.models.loader import LoadedModel, load_model
 from raysem.training.config import TrialConfig
 from raysem.training.packed import DEFAULT_MICRO_BATCH, DEFAULT_PACK_SIZE, is_target_module, run_packed_trials
 from raysem.training.trial import ResidentModel, run_trial

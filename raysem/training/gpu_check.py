@@ -39,8 +39,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 
 from raysem.data.datasets import resolve_dataset
 from raysem.data.facts import Fact
+from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.encoding import TargetBatch
-from raysem.models.loader import DEFAULT_MODEL, embedded_model_dir, load_model
+from raysem.models.loader import embedded_model_dir, load_model
 from raysem.ports import free_port
 from raysem.training.bench import BenchSettings, ModelShape, _dtype, _sync, bench_facts, run_bench
 from raysem.training.config import TrialConfig

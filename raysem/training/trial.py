@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from raysem.data.facts import Fact
+from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.encoding import encode_targets, target_logits
-from raysem.models.loader import DEFAULT_MODEL, LoadedModel, load_model
+from raysem.models.loader import LoadedModel, load_model
 from raysem.models.prompts import Prompting
 from raysem.semantics.embedding import AnswerEmbedder
 from raysem.semantics.evaluate import BaseRecord, base_records, check_base, evaluate_facts

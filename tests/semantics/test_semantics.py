@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from raysem.models.loader import DEFAULT_MODEL, resolve_model_path
+from raysem.models.catalog import DEFAULT_MODEL
+from raysem.models.loader import resolve_model_path
 from raysem.semantics.embedding import AnswerEmbedder, clip_distance, distance_band, reweight_coefficient
 
 # Token ids of the embedded model's tokenizer (checked in test_token_ids_are_the_ones_the_table_uses).
