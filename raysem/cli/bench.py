@@ -89,6 +89,9 @@ def tracking_bench(
         slow = row.get("per_trial_runs_per_s")
         table.add_row(name, "—" if slow is None else f"{slow:.1f}", f"{row['runs_per_s']:.1f}", "—" if slow is None else f"{row['speedup']:.1f}")
     Console().print(table)
+    ceiling = summary["server_ceiling"]
+    typer.echo(f"server ceiling: {ceiling['write_requests_per_s']:.0f} write requests/s (set_tag), so at most "
+               f"{ceiling['runs_per_s_bound']:.0f} runs/s over REST (three writes a run)")  # fmt: skip
 
 
 @bench_app.command("chaos")

@@ -10,7 +10,10 @@ then checked through ``MlflowClient``: every trial has exactly one FINISHED run.
   store, a pool of client threads for a server.
 Targets: a SQLite URI, and a real ``mlflow server`` on 127.0.0.1 with a SQLite backend. For the server,
 ``server_store`` also logs the batches straight into the SQLite store the server serves (how a study
-logs at scale: the server then only serves the UI), and checks them through the server.
+logs at scale: the server then only serves the UI), and checks them through the server. And
+``server_ceiling`` measures the server's own limit: the rate of its cheapest write request (``set_tag``
+on one run, from the same pool of client threads); a run over REST takes at least three writes
+(create, log batch, terminate), so a third of that rate bounds runs per second through the server.
 """
 
 from __future__ import annotations
@@ -71,6 +74,25 @@ def _check(uri: str, experiment: str, n: int) -> None:
     keys = [run.data.tags[tracking.KEY] for run in runs]
     if len(keys) != n or len(set(keys)) != n:
         raise RuntimeError(f"{experiment}: expected {n} distinct finished trial runs, found {len(set(keys))} keys in {len(keys)} runs")
+
+
+def _write_requests_per_s(uri: str, experiment: str, n: int) -> float:
+    """``n`` ``set_tag`` requests on one run from the server path's pool of client threads, per second."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow import MlflowClient
+
+    from raysem.service.run_batch import HTTP_POOL, experiment_of
+
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(experiment_of(client, experiment, uri).experiment_id).info.run_id
+    started = time.perf_counter()
+    with ThreadPoolExecutor(HTTP_POOL) as pool:
+        list(pool.map(lambda i: client.set_tag(run_id, f"tag{i}", "x"), range(n)))
+    seconds = time.perf_counter() - started
+    if len(client.get_run(run_id).data.tags) < n:
+        raise RuntimeError(f"{experiment}: {n} tags set, fewer read back")
+    return n / seconds
 
 
 def _timed(log: Callable[[], None]) -> float:
@@ -139,6 +161,9 @@ def run_tracking_bench(trials: int = 1000, batch: int = 100, per_trial: int = 20
                 if "per_trial_runs_per_s" in row:
                     row["speedup"] = row["runs_per_s"] / row["per_trial_runs_per_s"]
                 out[name] = row
+            say(f"server: {trials} write requests (set_tag), the server's ceiling")
+            ceiling = _write_requests_per_s(server_uri, "server-ceiling", trials)
+            out["server_ceiling"] = {"write_requests_per_s": ceiling, "runs_per_s_bound": ceiling / 3}
         finally:
             server.terminate()
             server.wait(timeout=30)

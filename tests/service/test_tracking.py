@@ -159,3 +159,14 @@ def test_run_names_are_readable_and_rounded():
     pending = tracking.PendingTrial("t-1", "e", None, params, {}, make_result("t-1"))
     assert pending.run_name == "k=100 γ=0.215 filter ρ=0.6 λ=2.38 lora s3"
     assert tracking.PendingTrial("t-2", "e", None, {"gamma": 1.0}, {}, make_result("t-2")).run_name == "t-2"
+
+
+def test_tracking_bench_reads_every_run_back_and_gives_the_server_ceiling():
+    from raysem.service.tracking_bench import run_tracking_bench
+
+    out = run_tracking_bench(trials=24, batch=8, per_trial=4)
+    for name in ("sqlite", "server"):
+        assert out[name]["runs_per_s"] > 0 and out[name]["speedup"] == out[name]["runs_per_s"] / out[name]["per_trial_runs_per_s"]
+    assert out["server_store"]["runs_per_s"] > 0 and out["runs_per_s"] == out["sqlite"]["runs_per_s"]
+    ceiling = out["server_ceiling"]
+    assert ceiling["runs_per_s_bound"] == ceiling["write_requests_per_s"] / 3 > 0
