@@ -28,6 +28,7 @@ import pandas as pd
 from ray import tune
 
 from raysem.data.facts import Fact, FactSet
+from raysem.errors import SpecError
 from raysem.service import tracking
 from raysem.service.local_ray import init_local_ray
 from raysem.service.spec import FILTER_FIELDS, StudySpec
@@ -461,7 +462,6 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     total = count_trials(spec)
     progress = Progress(total)
     param_space, searcher, num_samples = _param_space(spec)
-    tuner = _tuner(spec, trainable, study_dir, param_space, searcher, num_samples, progress, resume)
     # Results live in MLflow and the pending store; with the per-trial loggers off, the ResultGrid
     # that fit() builds finds no result.json and would warn once per trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -469,6 +469,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     status = "KILLED"
     try:
         with StopOnSigint() as stop:
+            tuner = _tuner(spec, trainable, study_dir, param_space, searcher, num_samples, progress, resume)
             results = _fit(tuner, num_samples * (len(expand_units(spec)) if spec.search.algorithm == "grid" else 1), stop)
             if spec.search.algorithm != "grid":
                 best = best_point(spec, results)
@@ -491,9 +492,25 @@ def _tuner(
     progress: "Progress", resume: bool,
 ) -> tune.Tuner:
     """The Tuner of one Tune run in ``folder`` (its name under the storage path): restored when resuming
-    and restorable, else new with the spec's concurrency and failure policy."""
+    and restorable, else new with the spec's concurrency and failure policy.
+
+    A restored Tune run keeps the trials it was created with, so resuming after the spec's grid changed
+    (γ = 2 added, more samplings) starts a new Tune run instead, whose trials already in MLflow are
+    skipped; a changed search cannot be resumed and is refused."""
+    stamp = folder / "raysem-trials.sha1"
+    shape = json.dumps({"space": param_space if searcher is None else spec.model_dump(include={"sweep", "search", "sampling", "exclude"}),
+                        "num_samples": num_samples}, sort_keys=True, default=str)  # fmt: skip
+    digest = hashlib.sha1(shape.encode()).hexdigest()
     if resume and tune.Tuner.can_restore(str(folder)):
-        return tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+        if not stamp.is_file() or stamp.read_text() == digest:
+            return tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+        if searcher is not None:
+            raise SpecError(f"{spec.name}: the sweep, search or sampling changed since the interrupted run in {folder}; "
+                            "a search resumes only as it started (start a new study name for the new search)")  # fmt: skip
+        print(f"raysem: {folder.name}: the spec's trials changed since the interrupted run; starting a new Tune run "
+              "(trials already in MLflow are skipped)")  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
     return tune.Tuner(
         trainable,
         param_space=param_space,

@@ -77,6 +77,12 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
     again = run_study(spec)
     assert len(trial_runs(again.tracking_uri, spec.experiment)[1]) == outcome.trials, "finished trials are not redone"
 
+    # γ = 2 added to the grid, then --resume: a restored Tune run would hold only the old grid's trials
+    grown = load_spec(tiny_spec(tmp_path, tiny_model_dir, "tiny-study", sweep={"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0, 2.0]}}))
+    run_study(grown, resume=True)
+    keys = [r.data.tags["raysem.trial_key"] for r in trial_runs(again.tracking_uri, spec.experiment)[1]]
+    assert len(keys) == len(set(keys)) == count_trials(grown) == outcome.trials * 3 // 2
+
 
 def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_model_dir):
     """An Optuna γ × λ search interrupted mid-search resumes without re-running or duplicating a trial; then
@@ -120,6 +126,8 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
 
     again = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
     assert again.returncode == 0 and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) == len(runs), "confirmation runs once"
+    changed = subprocess.run(command + ["--resume", "--set", "search.num_samples=6"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
+    assert changed.returncode == 2 and "a search resumes only as it started" in changed.stderr, changed.stderr[-3000:]
 
     summary = build_report(spec.experiment, tracking_uri=spec.tracking.uri, out_dir=tmp_path / "report", log_to_mlflow=False)
     assert "sweep" in summary.sections and "sweep" in summary.figures
