@@ -24,7 +24,7 @@ declare -A STUDY=(
   # γ = 0 calibration of lr × steps (single facts and 100-fact sets)
   [calibration]="calibration calibration"
   # the same for the two regimes the AdamW LoRA calibration does not cover: LoRA under SGD, and Adapter-tuning
-  [calibration_sgd]="calibration calibration-sgd --set name=calibration-sgd --set tracking.experiment=calibration-sgd --set trial.optimizer=sgd --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10] --set sweep.lr.grid=[0.1,0.3,1.0,3.0]"
+  [calibration_sgd]="calibration calibration-sgd --set name=calibration-sgd --set tracking.experiment=calibration-sgd --set trial.optimizer=sgd --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10,21] --set sweep.lr.grid=[0.1,0.3,0.5,1.0,3.0] --set exclude=[{\"steps\":21,\"lr\":0.1},{\"steps\":21,\"lr\":1.0},{\"steps\":21,\"lr\":3.0}]"
   [calibration_adapter]="calibration calibration-adapter --set name=calibration-adapter --set tracking.experiment=calibration-adapter --set trial.method=adapter --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10] --set sweep.lr.grid=[0.001,0.003,0.01]"
   # Table 1, Figure 4: 300 single-fact LoRA trials on ZsRE
   [single]="single_fact_deviation single-fact-deviation --set sampling.n_samplings=300"
