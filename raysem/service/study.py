@@ -495,20 +495,21 @@ def _tuner(
     and restorable, else new with the spec's concurrency and failure policy.
 
     A restored Tune run keeps the trials it was created with, so resuming after the spec's grid changed
-    (γ = 2 added, more samplings) starts a new Tune run instead, whose trials already in MLflow are
-    skipped; a changed search cannot be resumed and is refused."""
+    (γ = 2 added, more samplings), or when the folder has no record of its trials, starts a new Tune run
+    instead, whose trials already in MLflow are skipped; a changed search cannot be resumed and is refused."""
     stamp = folder / "raysem-trials.sha1"
     shape = json.dumps({"space": param_space if searcher is None else spec.model_dump(include={"sweep", "search", "sampling", "exclude"}),
                         "num_samples": num_samples}, sort_keys=True, default=str)  # fmt: skip
     digest = hashlib.sha1(shape.encode()).hexdigest()
     if resume and tune.Tuner.can_restore(str(folder)):
-        if not stamp.is_file() or stamp.read_text() == digest:
+        same = stamp.is_file() and stamp.read_text() == digest
+        if same or (searcher is not None and not stamp.is_file()):
             return tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
         if searcher is not None:
             raise SpecError(f"{spec.name}: the sweep, search or sampling changed since the interrupted run in {folder}; "
                             "a search resumes only as it started (start a new study name for the new search)")  # fmt: skip
-        print(f"raysem: {folder.name}: the spec's trials changed since the interrupted run; starting a new Tune run "
-              "(trials already in MLflow are skipped)")  # fmt: skip
+        print(f"raysem: {folder.name}: the spec's trials changed since the interrupted run (or it kept no record of them); "
+              "starting a new Tune run (trials already in MLflow are skipped)")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest)
     return tune.Tuner(
