@@ -18,6 +18,7 @@ from raysem.report.stats import (
     bootstrap_ci,
     bootstrap_corr_ci,
     bootstrap_ratio_ci,
+    bootstrap_ratio_difference_ci,
     difference_ci,
     paired_difference,
 )
@@ -130,6 +131,31 @@ def binned_rate(
 def accuracy_by_distance(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
     """Figure 3 / 8: exact-match accuracy per distance bin."""
     return binned_rate(records, "exact_match", group_cols)
+
+
+def band_contrast(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Figure 3's claim in numbers: exact-match accuracy in Table 5's bands (short [0.1, 0.3), medium
+    [0.3, 0.6), long [0.6, 1.0], on distances clipped to [0, 1]) and below them ([0, 0.1)), and the
+    differences short − medium and long − medium, each pooled over facts with a CI over trials (a
+    resampled trial brings all its bands). One row per group, with facts per band."""
+    if records.empty:
+        return pd.DataFrame()
+    clipped = records["dist_old"].clip(0.0, 1.0)
+    frame = records.assign(_band=[("below" if d < 0.1 else distance_band(d)) if not math.isnan(d) else "none" for d in clipped])
+    frame = frame[frame["_band"].ne("none") & frame["exact_match"].notna()]
+    rows = []
+    for key, part in _group_keys(frame, group_cols):
+        hits = part.pivot_table(index="run_id", columns="_band", values="exact_match", aggfunc="sum", fill_value=0.0)
+        counts = part.pivot_table(index="run_id", columns="_band", values="exact_match", aggfunc="count", fill_value=0)
+        hits, counts = hits.reindex(columns=["below", *BANDS], fill_value=0.0), counts.reindex(columns=["below", *BANDS], fill_value=0)
+        row: dict[str, Any] = {**dict(zip(group_cols, key)), "n_trials": len(hits)}
+        for band in ("below", *BANDS):
+            row[band] = bootstrap_ratio_ci(hits[band], counts[band])
+            row[f"n_{band}"] = int(counts[band].sum())
+        for band in ("short", "long"):
+            row[f"{band}_minus_medium"] = bootstrap_ratio_difference_ci(hits["medium"], counts["medium"], hits[band], counts[band])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def deviation_by_distance(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:

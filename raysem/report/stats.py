@@ -151,6 +151,37 @@ def bootstrap_ratio_ci(
                      n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
 
 
+def bootstrap_ratio_difference_ci(
+    num_a: Sequence[float] | np.ndarray,
+    den_a: Sequence[float] | np.ndarray,
+    num_b: Sequence[float] | np.ndarray,
+    den_b: Sequence[float] | np.ndarray,
+    n_boot: int = N_BOOT,
+    alpha: float = ALPHA,
+    seed: int = 0,
+    method: Method = METHOD,
+) -> Estimate:
+    """``Σ num_b / Σ den_b − Σ num_a / Σ den_a`` over units that each hold both parts (e.g. a trial's
+    facts in two distance bands), with an interval that resamples whole units, so the two shares
+    move together as they do within a trial. NaN when either side has no denominator."""
+    parts = [np.asarray(x, dtype=float) for x in (num_a, den_a, num_b, den_b)]
+    if len({p.shape for p in parts}) != 1 or parts[0].ndim != 1:
+        raise ValueError(f"the four unit arrays must be equal 1-D shapes, got {[p.shape for p in parts]}")
+    _check(n_boot, alpha)
+    if parts[1].sum() <= 0 or parts[3].sum() <= 0:
+        return _NAN
+
+    def diff(na: np.ndarray, da: np.ndarray, nb: np.ndarray, db: np.ndarray, axis: int = -1) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return nb.sum(axis=axis) / db.sum(axis=axis) - na.sum(axis=axis) / da.sum(axis=axis)
+
+    estimate = float(diff(*parts))
+    if len(parts[0]) < 2:
+        return Estimate(estimate, math.nan, math.nan)
+    return _interval(estimate, tuple(parts), diff, paired=True, vectorized=True,
+                     n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
+
+
 def _corr(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     """Pearson correlation along ``axis``; NaN where either side is constant."""
     a = a - a.mean(axis=axis, keepdims=True)

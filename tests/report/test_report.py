@@ -241,6 +241,13 @@ def test_figure_data_and_other_tables(study):
     row = next(r for r in _table(md, "Figure 3 data") if r["Distance bin"] == "[0.3, 0.4)")
     assert row["Facts"] == str(len(in_bin))
     assert row["Accuracy (%)"].startswith(f"{100 * in_bin['exact_match'].mean():.2f}")
+    # ... and in the paper's bands, with the differences from medium.
+    (bands,) = _table(md, "Figure 3 in the paper's bands")
+    dist = plain["dist_old"].clip(0, 1)
+    medium, long = plain[(dist >= 0.3) & (dist < 0.6)], plain[dist >= 0.6]
+    assert bands["medium"].startswith(f"{100 * medium['exact_match'].mean():.2f} [") and bands["medium"].endswith(f"({len(medium)})")
+    diff = 100 * (long["exact_match"].mean() - medium["exact_match"].mean())
+    assert bands["long − medium"].startswith(f"{diff:+.2f}")
     # Table 2: the four γ = 0 trials with a Frobenius analysis, split into distance thirds;
     # the constant ‖W_q‖_F appears in every third that holds trials.
     w_row = next(r for r in _table(md, "Table 2") if r["Norm"] == "‖W_q‖_F")
@@ -355,6 +362,24 @@ def test_labels_round_swept_floats_and_single_trials_say_no_ci():
     assert fmt_value(float("nan")) == "—" and fmt_value("lora") == "lora"
     assert _ci_text(Estimate(0.6, float("nan"), float("nan")), 1) == "0.60 (n = 1, no CI)"
     assert _ci_text(Estimate(0.6, 0.5, 0.7), 5) == "0.60 [0.50, 0.70]"
+
+
+def test_band_contrast_pools_facts_per_band_and_differences_from_medium():
+    from raysem.report.analysis import band_contrast
+
+    # run r1: 0.05 hit (below), 0.2 miss (short), 0.4 hit, 0.4 hit (medium), 0.8 miss (long)
+    # run r2: 0.2 hit (short), 0.5 miss (medium), 0.9 miss, 1.3 hit (long once clipped), NaN (no distance)
+    records = pd.DataFrame({
+        "run_id": ["r1"] * 5 + ["r2"] * 5,
+        "dist_old": [0.05, 0.2, 0.4, 0.4, 0.8, 0.2, 0.5, 0.9, 1.3, float("nan")],
+        "exact_match": [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
+    })  # fmt: skip
+    (row,) = band_contrast(records, []).to_dict("records")
+    assert (row["n_below"], row["n_short"], row["n_medium"], row["n_long"], row["n_trials"]) == (1, 2, 3, 3, 2)
+    assert (row["below"].estimate, row["short"].estimate) == (1.0, 0.5)
+    assert row["medium"].estimate == pytest.approx(2 / 3) and row["long"].estimate == pytest.approx(1 / 3)
+    assert row["short_minus_medium"].estimate == pytest.approx(0.5 - 2 / 3)
+    assert row["long_minus_medium"].estimate == pytest.approx(1 / 3 - 2 / 3)
 
 
 def test_param_importances_find_the_parameter_that_matters():

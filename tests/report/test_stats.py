@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from raysem.report.stats import bootstrap_ci, bootstrap_corr_ci, bootstrap_ratio_ci, difference_ci, paired_difference, sign_flip_p_value
+from raysem.report.stats import (
+    bootstrap_ci,
+    bootstrap_corr_ci,
+    bootstrap_ratio_ci,
+    bootstrap_ratio_difference_ci,
+    difference_ci,
+    paired_difference,
+    sign_flip_p_value,
+)
 
 
 def test_constant_values_give_a_zero_width_interval():
@@ -116,3 +124,16 @@ def test_sign_flip_test_is_exact_for_few_pairs():
     shifted = paired_difference(a, {k: v + 0.05 + float(rng.normal(scale=0.02)) for k, v in a.items()})
     assert shifted["p_value"] < 1e-3
     assert math.isnan(paired_difference({1: 0.1}, {1: 0.3})["p_value"])
+
+
+def test_ratio_difference_resamples_units_with_both_parts():
+    # Unit 1: a 1/2, b 0/2; unit 2: a 2/2, b 1/2. Pooled: 1/4 - 3/4 = -0.5, and every resample of whole
+    # units gives -0.5 too (each unit's own difference is -0.5): a zero-width interval. Resampling the
+    # two shares independently would not see that they move together.
+    assert bootstrap_ratio_difference_ci([1, 2], [2, 2], [0, 1], [2, 2]) == (-0.5, -0.5, -0.5)
+    assert difference_ci([0.5, 1.0], [0.0, 0.5]).low < -0.5
+    assert all(math.isnan(v) for v in bootstrap_ratio_difference_ci([1, 1], [2, 2], [0, 0], [0, 0]))
+    est, low, high = bootstrap_ratio_difference_ci([1], [2], [2], [2])
+    assert est == 0.5 and math.isnan(low) and math.isnan(high)
+    with pytest.raises(ValueError, match="equal 1-D shapes"):
+        bootstrap_ratio_difference_ci([1, 2], [2, 2], [0], [2])
