@@ -27,7 +27,7 @@ declare -A STUDY=(
   [calibration_sgd]="calibration calibration-sgd --set name=calibration-sgd --set tracking.experiment=calibration-sgd --set trial.optimizer=sgd --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10,21] --set sweep.lr.grid=[0.1,0.3,0.5,1.0,3.0] --set exclude=[{\"steps\":21,\"lr\":0.1},{\"steps\":21,\"lr\":1.0},{\"steps\":21,\"lr\":3.0}]"
   # plain SGD learns at most 3% of 100 facts before it diverges (lr >= 0.5), so SGD runs with per-trial
   # gradient clipping at norm 1 (a separate experiment: trial keys name the swept point only)
-  [calibration_sgd_clip]="calibration calibration-sgd-clip --set name=calibration-sgd-clip --set tracking.experiment=calibration-sgd-clip --set trial.optimizer=sgd --set trial.max_grad_norm=1.0 --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10] --set sweep.lr.grid=[3.0,10.0,30.0]"
+  [calibration_sgd_clip]="calibration calibration-sgd-clip --set name=calibration-sgd-clip --set tracking.experiment=calibration-sgd-clip --set trial.optimizer=sgd --set trial.max_grad_norm=1.0 --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10] --set sweep.lr.grid=[0.5,1.0,3.0]"
   [calibration_adapter]="calibration calibration-adapter --set name=calibration-adapter --set tracking.experiment=calibration-adapter --set trial.method=adapter --set sampling.n_samplings=1 --set sweep.k.grid=[100] --set sweep.steps.grid=[10] --set sweep.lr.grid=[0.001,0.003,0.01]"
   # Table 1, Figure 4: 300 single-fact LoRA trials on ZsRE
   [single]="single_fact_deviation single-fact-deviation --set sampling.n_samplings=300"
