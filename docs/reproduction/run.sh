@@ -11,6 +11,8 @@ PY=${PY:-.venv/bin/python}
 OUT=${RAYSEM_REPRO_OUT:-raysem-out}
 mkdir -p "$OUT" docs/reproduction/store
 STORE="sqlite:///$(realpath docs/reproduction/store)/reproduction.db"
+# the store records absolute artifact paths: point them here if this checkout is not where it was last used
+[[ -f docs/reproduction/store/reproduction.db ]] && "$PY" -m raysem.cli.main relocate "$STORE"
 LOCAL=(--set 'resources={cpu: 2, gpu: 0, expect_autoscaling: false}' --set max_concurrent=1
        --tracking-uri "$STORE" --storage "$(realpath "$OUT")/ray")
 

@@ -89,6 +89,18 @@ def sync(
         _fail("could not log: " + "; ".join(problems))
 
 
+@app.command("relocate")
+def relocate(tracking_uri: str = typer.Argument(..., help="the moved store, sqlite:///path/to.db")) -> None:
+    """Point a moved SQLite store's artifact locations at the <db>-artifacts/ folder beside it now."""
+    from raysem.service.sqlite_store import relocate_store
+    from raysem.service.tracking import absolute_uri
+
+    try:
+        typer.echo(f"{relocate_store(absolute_uri(tracking_uri))} artifact locations rewritten")
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 @app.command("cleanup")
 def cleanup() -> None:
     """Stop what is left of local Rays whose raysem driver was killed (and nothing else)."""

@@ -14,10 +14,11 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from mlflow.entities import Metric, Param, RunTag
+
+from raysem.service.sqlite_store import artifact_location
 
 SQL_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")
 HTTP_POOL = 8
@@ -143,14 +144,3 @@ def experiment_of(store, name: str, uri: str):
     if experiment is None:
         experiment = store.get_experiment(store.create_experiment(name, artifact_location=artifact_location(uri, name)))
     return experiment
-
-
-def artifact_location(uri: str, experiment: str) -> str | None:
-    """Where a new experiment's artifacts go: beside a SQLite database (``<db>-artifacts/<experiment>``),
-    so that the database and its artifacts form one folder that can be moved or archived together
-    (MLflow's own default is ``./mlruns`` under whatever directory the study started in); elsewhere
-    the server's default."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri.removeprefix("sqlite:///")).resolve()
-    return (db.parent / f"{db.stem}-artifacts" / experiment).as_uri()

@@ -170,3 +170,23 @@ def test_tracking_bench_reads_every_run_back_and_gives_the_server_ceiling():
     assert out["server_store"]["runs_per_s"] > 0 and out["runs_per_s"] == out["sqlite"]["runs_per_s"]
     ceiling = out["server_ceiling"]
     assert ceiling["runs_per_s_bound"] == ceiling["write_requests_per_s"] / 3 > 0
+
+
+def test_a_moved_sqlite_store_is_relocated_and_reads_back(tmp_path):
+    from typer.testing import CliRunner
+
+    from raysem.cli.main import app
+
+    uri = f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}"
+    (tmp_path / "a").mkdir()
+    parent = tracking.start_study(uri, "exp-a", "study", {}, {"spec": "{}"})
+    assert tracking.record_trials(uri, [pend(tmp_path, f"t-{i}", "exp-a", parent) for i in range(2)])
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    moved = f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    result = CliRunner().invoke(app, ["relocate", moved])
+    assert result.exit_code == 0 and result.output.strip() == "4 artifact locations rewritten", result.output  # experiment, parent, 2 trials
+    for i in range(2):
+        assert_trial_run(moved, "exp-a", f"t-{i}", parent)
+    assert CliRunner().invoke(app, ["relocate", moved]).output.strip() == "0 artifact locations rewritten"
+    refused = CliRunner().invoke(app, ["relocate", "http://127.0.0.1:5000"])
+    assert refused.exit_code == 2 and "not a sqlite:/// store" in refused.output
