@@ -136,8 +136,8 @@ def accuracy_by_distance(records: pd.DataFrame, group_cols: Sequence[str]) -> pd
 def band_contrast(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
     """Figure 3's claim in numbers: exact-match accuracy in Table 5's bands (short [0.1, 0.3), medium
     [0.3, 0.6), long [0.6, 1.0], on distances clipped to [0, 1]) and below them ([0, 0.1)), and the
-    differences short − medium and long − medium, each pooled over facts with a CI over trials (a
-    resampled trial brings all its bands). One row per group, with facts per band."""
+    differences of each from medium, pooled over facts with a CI over trials (a resampled trial brings
+    all its bands). One row per group, with facts per band."""
     if records.empty:
         return pd.DataFrame()
     clipped = records["dist_old"].clip(0.0, 1.0)
@@ -152,7 +152,7 @@ def band_contrast(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFr
         for band in ("below", *BANDS):
             row[band] = bootstrap_ratio_ci(hits[band], counts[band])
             row[f"n_{band}"] = int(counts[band].sum())
-        for band in ("short", "long"):
+        for band in ("below", "short", "long"):
             row[f"{band}_minus_medium"] = bootstrap_ratio_difference_ci(hits["medium"], counts["medium"], hits[band], counts[band])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -380,6 +380,7 @@ def test_band_contrast_pools_facts_per_band_and_differences_from_medium():
     assert row["medium"].estimate == pytest.approx(2 / 3) and row["long"].estimate == pytest.approx(1 / 3)
     assert row["short_minus_medium"].estimate == pytest.approx(0.5 - 2 / 3)
     assert row["long_minus_medium"].estimate == pytest.approx(1 / 3 - 2 / 3)
+    assert row["below_minus_medium"].estimate == pytest.approx(1 - 2 / 3)
 
 
 def test_param_importances_find_the_parameter_that_matters():
