@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -383,9 +384,18 @@ def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
 
 
 def best_point(spec: StudySpec, results: tune.ResultGrid) -> dict[str, Any]:
-    """The searched point with the best objective (NaN results ignored)."""
-    best = results.get_best_result(metric=spec.objective, mode=spec.search.mode, filter_nan_and_inf=True)
-    return dict(best.config.get("unit", best.config)["point"])
+    """The searched point with the best objective (NaN results ignored); ties go to the first point in
+    sorted order, so a resumed study confirms the same point whatever order Tune restores trials in."""
+    sign = -1.0 if spec.search.mode == "max" else 1.0
+    scored = []
+    for result in results:
+        value = result.metrics.get(spec.objective, math.nan)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            point = dict(result.config.get("unit", result.config)["point"])
+            scored.append((sign * value, json.dumps(point, sort_keys=True, default=str), point))
+    if not scored:
+        raise RuntimeError(f"no search trial reported a finite {spec.objective}; there is no best point to confirm")
+    return min(scored, key=lambda item: item[:2])[2]
 
 
 def confirmation_units(spec: StudySpec, best: dict[str, Any]) -> list[dict[str, Any]]:

@@ -156,3 +156,17 @@ def test_sigint_stops_the_running_tune_run_and_the_study():
     finally:
         signal.signal(signal.SIGUSR1, before)
     assert signal.getsignal(signal.SIGINT) is outside
+
+
+def test_best_point_breaks_ties_the_same_way_in_any_trial_order(tmp_path, tiny_model_dir):
+    """A resumed search restores its trials in another order; the confirmed point must not change."""
+    from types import SimpleNamespace
+
+    from raysem.service.study import best_point
+
+    spec = load_spec(tiny_spec(tmp_path, tiny_model_dir, "ties", sweep={"gamma": {"uniform": [0.0, 2.0]}},
+                               search={"algorithm": "optuna", "num_samples": 3}))  # fmt: skip
+    results = [SimpleNamespace(metrics={"accuracy": a}, config={"unit": {"point": {"gamma": g}}}) for a, g in ((0.0, 1.5), (0.0, 0.5), (float("nan"), 0.1))]
+    assert best_point(spec, results) == best_point(spec, results[::-1]) == {"gamma": 0.5}
+    results[0].metrics["accuracy"] = 0.25
+    assert best_point(spec, results[::-1]) == {"gamma": 1.5}
