@@ -480,7 +480,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     try:
         with StopOnSigint() as stop:
             tuner = _tuner(spec, trainable, study_dir, param_space, searcher, num_samples, progress, resume)
-            results = _fit(tuner, num_samples * (len(expand_units(spec)) if spec.search.algorithm == "grid" else 1), stop)
+            results = _fit(tuner, _tune_trials(param_space, num_samples), stop)
             if spec.search.algorithm != "grid":
                 best = best_point(spec, results)
                 if spec.search.confirm:
@@ -542,9 +542,14 @@ def _confirm(
     spec: StudySpec, best: dict[str, Any], trainable: Any, storage: Path, progress: "Progress", resume: bool, stop: StopOnSigint
 ) -> None:
     """Run the confirmation units as a grid of their own (``<name>-confirm``); resumable like any study."""
-    units = confirmation_units(spec, best)
-    tuner = _tuner(spec, trainable, storage / f"{spec.name}-confirm", {"unit": tune.grid_search(units)}, None, 1, progress, resume)
-    _fit(tuner, len(units), stop)
+    units = {"unit": tune.grid_search(confirmation_units(spec, best))}
+    _fit(_tuner(spec, trainable, storage / f"{spec.name}-confirm", units, None, 1, progress, resume), _tune_trials(units, 1), stop)
+
+
+def _tune_trials(param_space: dict[str, Any], num_samples: int) -> int:
+    """How many Tune trials a run of ``param_space`` makes: ``num_samples`` per grid point (one grid at most)."""
+    grid = param_space.get("unit", {})
+    return num_samples * (len(grid["grid_search"]) if isinstance(grid, dict) and "grid_search" in grid else 1)
 
 
 def _fit(tuner: tune.Tuner, expected: int, stop: StopOnSigint) -> tune.ResultGrid:

@@ -25,12 +25,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from raysem.ports import free_port
 from raysem.service import tracking
-from raysem.service.run_batch import log_run
+from raysem.service.run_batch import HTTP_POOL, experiment_of, log_run
 from raysem.training.results import TrialResult, aggregate
 
 LOSS_STEPS = 21
@@ -78,18 +79,16 @@ def _check(uri: str, experiment: str, n: int) -> None:
 
 def _write_requests_per_s(uri: str, experiment: str, n: int) -> float:
     """``n`` ``set_tag`` requests on one run from the server path's pool of client threads, per second."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from mlflow import MlflowClient
-
-    from raysem.service.run_batch import HTTP_POOL, experiment_of
 
     client = MlflowClient(tracking_uri=uri)
     run_id = client.create_run(experiment_of(client, experiment, uri).experiment_id).info.run_id
-    started = time.perf_counter()
-    with ThreadPoolExecutor(HTTP_POOL) as pool:
-        list(pool.map(lambda i: client.set_tag(run_id, f"tag{i}", "x"), range(n)))
-    seconds = time.perf_counter() - started
+
+    def write() -> None:
+        with ThreadPoolExecutor(HTTP_POOL) as pool:
+            list(pool.map(lambda i: client.set_tag(run_id, f"tag{i}", "x"), range(n)))
+
+    seconds = _timed(write)
     if len(client.get_run(run_id).data.tags) < n:
         raise RuntimeError(f"{experiment}: {n} tags set, fewer read back")
     return n / seconds
