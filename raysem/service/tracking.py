@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 import raysem
 from raysem.service.run_batch import RunBatchItem, experiment_of, log_runs
+from raysem.service.sqlite_store import PREFIX
 from raysem.training.results import TrialResult
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -41,9 +42,8 @@ class TrackingUnavailable(RuntimeError):
 
 def absolute_uri(uri: str, base: Path | None = None) -> str:
     """Make a relative ``sqlite:///file.db`` absolute (workers do not share the driver's working folder)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(((base or Path.cwd()) / uri[len(prefix) :]).resolve())
+    if uri.startswith(PREFIX) and not uri.startswith(PREFIX + "/"):
+        return PREFIX + str(((base or Path.cwd()) / uri.removeprefix(PREFIX)).resolve())
     return uri
 
 
@@ -56,8 +56,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                     raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {response.status}")
         except OSError as exc:
             raise TrackingUnavailable(f"tracking server {uri} is unreachable: {exc}") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).parent
+    elif uri.startswith(PREFIX):
+        folder = Path(uri.removeprefix(PREFIX)).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingUnavailable(f"tracking store {uri}: folder {folder} does not exist or is not writable")
 
