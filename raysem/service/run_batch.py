@@ -72,16 +72,21 @@ def log_runs(uri: str, items: list[RunBatchItem], on_logged: Callable[[int, str]
 
 def log_run(uri: str, item: RunBatchItem, experiment_id: str | None = None) -> str:
     """One run through ``MlflowClient``: create it with its tags, log params and metrics in one batch,
-    upload its artifacts, mark it terminated (KILLED if a step failed)."""
+    upload its artifacts, mark it terminated (KILLED if a step failed). The artifacts go straight to the
+    run's artifact location (``client.log_artifact`` would first fetch the run to learn it)."""
     from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     client = MlflowClient(tracking_uri=uri)
     experiment_id = experiment_id or experiment_of(client, item.experiment, uri).experiment_id
-    run_id = client.create_run(experiment_id, run_name=item.run_name, tags=item.tags).info.run_id
+    info = client.create_run(experiment_id, run_name=item.run_name, tags=item.tags).info
+    run_id = info.run_id
     try:
         client.log_batch(run_id, metrics=item.metrics, params=item.params)
-        for local, folder in item.artifacts:
-            client.log_artifact(run_id, local, folder)
+        if item.artifacts:
+            repo = get_artifact_repository(info.artifact_uri, tracking_uri=uri)
+            for local, folder in item.artifacts:
+                repo.log_artifact(local, folder)
     except Exception:
         client.set_terminated(run_id, status="KILLED")
         raise
