@@ -122,10 +122,11 @@ def chaos_bench(
 
 def render_table(summary: dict[str, Any]) -> Table:
     """The benchmark summary as a table: trials/hour, ratio to the naive run, share of the matmul peak
-    by wall time and by CPU time (the latter is blind to time lost to other processes)."""
+    by wall time and by CPU time (the latter is blind to time lost to other processes), and a packed run's
+    seconds in base answers, training and evaluation."""
     title = f"single-fact LoRA trials, {summary['model']} on {summary['device']}, {summary['steps']} steps"
     table = Table(title=title)
-    columns = ("variant", "trials", "wall s", "CPU s", "trials/hour", "× naive", "% matmul peak", "% peak per CPU s")
+    columns = ("variant", "trials", "wall s", "CPU s", "trials/hour", "× naive", "% matmul peak", "% peak per CPU s", "base · train · eval s")
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
     naive = summary["naive_trials_per_hour"]
@@ -136,8 +137,10 @@ def render_table(summary: dict[str, Any]) -> Table:
     ]
     for name, rate, share in rows:
         cpu_share = summary["cpu_matmul_share"][name]
+        parts = summary["packed_parts_s"].get(name.removeprefix("packed K="), {}) if name.startswith("packed") else {}
         table.add_row(
             name, str(summary["trials"][name]), f"{summary['wall_s'][name]:.1f}", f"{summary['cpu_s'][name]:.1f}",
             f"{rate:,.0f}", f"{rate / naive:.2f}", f"{100 * share:.1f}", "—" if cpu_share is None else f"{100 * cpu_share:.1f}",
+            " · ".join(f"{parts[p]:.1f}" for p in ("base", "train", "evaluate")) if parts else "—",
         )  # fmt: skip
     return table

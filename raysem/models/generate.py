@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from raysem.models.kv_cache import CACHE_ARGUMENT, prefix_cache, shared_prefix_length
+from raysem.models.kv_cache import CACHE_ARGUMENT, prefix_cache, select_rows, shared_prefix_length
 from raysem.models.loader import LoadedModel
 
 
@@ -30,6 +29,7 @@ def greedy_answers(
     batch_size: int = 32,
     before_batch: Callable[[list[int]], None] | None = None,
     share_prefix: bool = True,
+    row_groups: Sequence[int] | None = None,
 ) -> list[Answer]:
     """Greedy answers to zero-shot questions, ``max_new_tokens[i]`` tokens for question i.
 
@@ -39,20 +39,35 @@ def greedy_answers(
     answers come back in input order.
 
     The prompts' shared token prefix (the few-shot exemplars: ~90 of ~105 tokens) runs through the
-    model once per call, and every batch continues from a copy of its KV cache; rows are padded
-    between that prefix and their own tokens, and the attention mask and positions skip the padding.
+    model once per call, and every batch continues from its KV cache; rows are padded between that
+    prefix and their own tokens, and the attention mask and positions skip the padding.
     ``before_batch``, when given, is called before each batch is decoded with the input indices
-    of its rows (in row order), so per-row state such as a packed-adapter map can be set; rows under
-    per-row state share no cache, so they decode from their whole prompts, left-padded, as they do
-    with ``share_prefix=False`` (``benchmarks/shared_prefix.py`` compares the two).
+    of its rows (in row order), so per-row state such as a packed-adapter map can be set. Rows under
+    per-row state share no cache unless ``row_groups`` says which rows get the same state (rows
+    with equal numbers): the prefix then runs once per group, under the state ``before_batch`` sets
+    for the group's first row, and each row continues from its group's cache. Without groups such
+    rows decode from their whole prompts, left-padded, as with ``share_prefix=False``
+    (``benchmarks/shared_prefix.py`` compares the two).
     """
     if len(questions) != len(max_new_tokens):
         raise ValueError(f"{len(questions)} questions but {len(max_new_tokens)} answer lengths")
     tokenizer = lm.tokenizer
     ids = [tokenizer(lm.format_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
-    shared = shared_prefix_length(ids) if share_prefix and before_batch is None else 0
+    if row_groups is not None and len(row_groups) != len(ids):
+        raise ValueError(f"{len(ids)} questions but {len(row_groups)} row groups")
+    shareable = before_batch is None or row_groups is not None
+    shared = shared_prefix_length(ids) if share_prefix and shareable else 0
     prefix = torch.tensor([ids[0][:shared]] if ids else [[]], dtype=torch.long, device=lm.device)
-    shared_cache = prefix_cache(lm.model, prefix) if shared else None
+    groups = [0] * len(ids) if before_batch is None or row_groups is None else list(row_groups)
+    leaders: dict[int, int] = {}  # group → its first row
+    for i, g in enumerate(groups):
+        leaders.setdefault(g, i)
+    cache_row = {g: j for j, g in enumerate(leaders)}
+    shared_cache = None
+    if shared:
+        if before_batch is not None:
+            before_batch(list(leaders.values()))
+        shared_cache = prefix_cache(lm.model, prefix.expand(len(leaders), -1))
     order = sorted(range(len(ids)), key=lambda i: (int(max_new_tokens[i]), len(ids[i])))
     answers: list[Answer | None] = [None] * len(ids)
     for start in range(0, len(order), batch_size):
@@ -63,8 +78,8 @@ def greedy_answers(
             before_batch(rows)
         cache = None
         if shared_cache is not None:
-            cache = copy.deepcopy(shared_cache)
-            cache.batch_repeat_interleave(len(rows))
+            index = torch.tensor([cache_row[groups[i]] for i in rows], dtype=torch.long, device=lm.device)
+            cache = select_rows(shared_cache, index, lm.model.config)
         output = lm.model.generate(
             input_ids=input_ids,
             attention_mask=mask,

@@ -8,7 +8,7 @@ import torch
 import transformers
 from packaging.version import Version
 from torch import nn
-from transformers import Cache
+from transformers import Cache, DynamicCache, PreTrainedConfig
 
 CACHE_ARGUMENT = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
 """The KV cache's name in ``forward`` / ``generate`` arguments and in model outputs: ``past_key_values``
@@ -31,3 +31,8 @@ def prefix_cache(model: nn.Module, prefix: torch.Tensor) -> Cache:
     """The KV cache of ``prefix`` (1 × n tokens) under ``model``'s current weights (a causal LM or its
     decoder stack); it carries autograd history when gradients are enabled."""
     return getattr(model(input_ids=prefix, use_cache=True), CACHE_ARGUMENT)
+
+
+def select_rows(cache: Cache, index: torch.Tensor, config: PreTrainedConfig) -> DynamicCache:
+    """A new cache whose row i is row ``index[i]`` of ``cache`` (``config``: the model's); ``cache`` is left as it is."""
+    return DynamicCache([(layer.keys.index_select(0, index), layer.values.index_select(0, index)) for layer in cache.layers], config=config)

@@ -62,6 +62,8 @@ def evaluate_facts(
     ``embedder`` holds the base model's input embeddings, so dist_new and dist_old share one space.
     ``before_batch``, when given, is called before every model batch with, for each of its rows,
     the index in ``facts`` of the fact that row belongs to (its prompt, a rephrasing or a probe).
+    The state it sets must depend on that fact only: a fact's questions continue from one KV cache
+    of the prompt prefix, computed in a batch with one row per fact.
     """
     check_base(facts, base)
     budgets = [base[f.id]["target_tokens"] for f in facts]
@@ -126,7 +128,8 @@ def _answers_by_kind(
     """Greedy answers to each fact's questions of the given ``kinds`` (prompt, rephrasings, locality
     and portability probes), decoded together in one ``greedy_answers`` call (so batches stay full);
     per fact, a list for each kind (budgets as in :func:`fact_questions`).
-    ``before_batch`` is called with, for each row of a model batch, the index of the fact it belongs to.
+    ``before_batch`` is called with, for each row of a model batch, the index of the fact it belongs to;
+    the state it sets may depend on that fact only, so a fact's questions share one prompt-prefix cache.
     """
     owners: list[int] = []
     questions: list[str] = []
@@ -141,7 +144,8 @@ def _answers_by_kind(
                 lengths.append(length)
     hook = None if before_batch is None else (lambda rows: before_batch([owners[r] for r in rows]))
     grouped: list[dict[str, list[Answer]]] = [{k: [] for k in kinds} for _ in facts]
-    for owner, kind, answer in zip(owners, row_kinds, greedy_answers(lm, questions, lengths, batch_size, hook)):
+    answers = greedy_answers(lm, questions, lengths, batch_size, hook, row_groups=owners)
+    for owner, kind, answer in zip(owners, row_kinds, answers):
         grouped[owner][kind].append(answer)
     return grouped
 

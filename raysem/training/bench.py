@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -248,6 +248,8 @@ class VariantRun:
     cpu_s: float
     flops: float
     y_new: dict[int, str]
+    parts_s: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of the variant's parts, where it reports them (packed: load, base, train, evaluate)."""
 
     @property
     def trials_per_hour(self) -> float:
@@ -295,9 +297,13 @@ def run_packed(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Seq
     with Clock() as clock:
         resident = ResidentModel(lm)
         cfgs = [bench_config(settings.steps, i) for i in range(k)]
-        results = run_packed_trials(lm, facts[:k], cfgs, resident.base_records(facts[:k]), resident.embedder, micro_batch=settings.micro_batch)
+        with Clock() as base_clock:
+            base = resident.base_records(facts[:k])
+        results = run_packed_trials(lm, facts[:k], cfgs, base, resident.embedder, micro_batch=settings.micro_batch)
     y_new = {i: r.records[0]["y_new"] for i, r in enumerate(results) if r.records}
-    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new)
+    pack = results[0].aggregates
+    parts = {"load": load.wall_s, "base": base_clock.wall_s, "train": pack["pack_train_s"], "evaluate": pack["pack_wall_s"] - pack["pack_train_s"]}
+    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new, parts)
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -351,6 +357,7 @@ def _summary(settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock
         "naive_matmul_share": naive.share(peak),
         "resident_matmul_share": resident.share(peak),
         "packed_matmul_share": {str(r.trials): r.share(peak) for r in packed},
+        "packed_parts_s": {str(r.trials): r.parts_s for r in packed},
         "cpu_matmul_share": {r.name: r.cpu_share(peak) for r in runs},
         "mean_trial_gflop": statistics.fmean(flops) / 1e9,
         "best_pack_size": best.trials,

@@ -50,16 +50,21 @@ def test_shared_prefix_length_leaves_every_row_a_token():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("style, hooked", [("fewshot", False), ("fewshot", True), ("chat", False)])
-def test_batched_answers_from_the_shared_prefix_equal_each_prompt_alone(smol64, style, hooked):
+@pytest.mark.parametrize("style, hook", [("fewshot", None), ("fewshot", "rows"), ("fewshot", "groups"), ("chat", None)])
+def test_batched_answers_from_the_shared_prefix_equal_each_prompt_alone(smol64, style, hook):
     """The tokens must be identical. With a ``before_batch`` hook (per-row state) rows decode from their whole
-    prompts; the hook sees every row once."""
+    prompts, and the hook sees every row once; with ``row_groups`` too, the prefix runs first under each
+    group's first row, and each row continues from its group's cache."""
     lm = dataclasses.replace(smol64, prompting=Prompting(style))
-    seen: list[int] = []
-    answers = greedy_answers(lm, QUESTIONS, BUDGETS, batch_size=3, before_batch=seen.extend if hooked else None)
+    seen: list[list[int]] = []
+    groups = [i % 3 for i in range(len(QUESTIONS))] if hook == "groups" else None
+    answers = greedy_answers(lm, QUESTIONS, BUDGETS, batch_size=3, before_batch=seen.append if hook else None, row_groups=groups)
     assert len(answers) == len(QUESTIONS)
     for question, budget, answer in zip(QUESTIONS, BUDGETS, answers):
         want = alone(lm, question, budget)
         assert answer.n_tokens == len(want) and answer.raw == lm.tokenizer.decode(want), (question, answer, want)
-    assert not hooked or sorted(seen) == list(range(len(QUESTIONS)))
+    if hook == "groups":
+        assert seen[0] == [0, 1, 2], "the prefix runs once per group, under its first row's state"
+        seen = seen[1:]
+    assert not hook or sorted(i for rows in seen for i in rows) == list(range(len(QUESTIONS)))
     assert len({a.raw for a in answers}) > 1, "the model answers differently to different questions"

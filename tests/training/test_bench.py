@@ -46,6 +46,9 @@ def test_quick_bench_json(tiny_model_dir):
     shares = [summary["naive_matmul_share"], summary["resident_matmul_share"], *summary["packed_matmul_share"].values()]
     assert all(v > 0 for v in rates + shares + [summary["matmul_gflops"], summary["mean_trial_gflop"]])
     assert summary["best_pack_size"] in (2, 3)
+    for k, parts in summary["packed_parts_s"].items():
+        assert set(parts) == {"load", "base", "train", "evaluate"} and all(v > 0 for v in parts.values())
+        assert sum(parts.values()) <= summary["wall_s"][f"packed K={k}"]
     best = summary["packed"][str(summary["best_pack_size"])]
     assert best == max(summary["packed"].values())
     assert abs(summary["best_speedup"] - best / summary["naive_trials_per_hour"]) < 1e-9 * best
