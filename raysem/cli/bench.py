@@ -63,6 +63,11 @@ def bench(
         f"{summary['best_speedup']:.2f}× naive, {summary['best_speedup_vs_resident']:.2f}× resident; "
         f"default pack size {summary['default_pack_size']}; {summary['threads']} threads"
     )
+    best = str(summary["best_pack_size"])
+    typer.echo(
+        f"packed K={best}: training is {100 * summary['packed_train_flop_share'][best]:.0f}% of the useful FLOPs "
+        f"and runs at {100 * summary['packed_train_matmul_share'][best]:.1f}% of the matmul peak"
+    )
 
 
 @bench_app.command("tracking")

@@ -162,8 +162,9 @@ class ModelShape:
         return self.forward(prompt, logits=1, lora=lora) + steps
 
 
-def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig) -> float:
-    """Useful FLOPs of one single-fact trial: base answers, ``cfg.steps`` training steps, evaluation."""
+def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig, train_only: bool = False) -> float:
+    """Useful FLOPs of one single-fact trial: base answers, ``cfg.steps`` training steps, evaluation
+    (``train_only``: the training steps alone)."""
     shape = ModelShape.of(lm, cfg)
 
     def n_prompt(question: str) -> int:
@@ -175,6 +176,8 @@ def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig) -> float:
     base = shape.generate(n_prompt(fact.prompt), target, lora=False)
     base += sum(shape.generate(n_prompt(q), b, lora=False) for q, b in probes[: len(fact.locality)])
     train = cfg.steps * shape.train_step(tokens, target)
+    if train_only:
+        return train
     evaluation = shape.generate(n_prompt(fact.prompt), target) + shape.forward(tokens, logits=target)
     evaluation += sum(shape.generate(n_prompt(q), target) for q in fact.rephrasings)
     evaluation += sum(shape.generate(n_prompt(q), b) for q, b in probes)
@@ -250,6 +253,8 @@ class VariantRun:
     y_new: dict[int, str]
     parts_s: dict[str, float] = field(default_factory=dict)
     """Wall seconds of the variant's parts, where it reports them (packed: load, base, train, evaluate)."""
+    train_flops: float = math.nan
+    """Useful FLOPs of the trials' training steps alone."""
 
     @property
     def trials_per_hour(self) -> float:
@@ -303,7 +308,8 @@ def run_packed(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Seq
     y_new = {i: r.records[0]["y_new"] for i, r in enumerate(results) if r.records}
     pack = results[0].aggregates
     parts = {"load": load.wall_s, "base": base_clock.wall_s, "train": pack["pack_train_s"], "evaluate": pack["pack_wall_s"] - pack["pack_train_s"]}
-    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new, parts)
+    train_flops = sum(trial_flops(lm, f, cfgs[i], train_only=True) for i, f in enumerate(facts[:k]))
+    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new, parts, train_flops)
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -358,6 +364,8 @@ def _summary(settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock
         "resident_matmul_share": resident.share(peak),
         "packed_matmul_share": {str(r.trials): r.share(peak) for r in packed},
         "packed_parts_s": {str(r.trials): r.parts_s for r in packed},
+        "packed_train_flop_share": {str(r.trials): r.train_flops / r.flops for r in packed},
+        "packed_train_matmul_share": {str(r.trials): r.train_flops / r.parts_s["train"] / 1e9 / peak.gflops for r in packed},
         "cpu_matmul_share": {r.name: r.cpu_share(peak) for r in runs},
         "mean_trial_gflop": statistics.fmean(flops) / 1e9,
         "best_pack_size": best.trials,

@@ -49,6 +49,7 @@ def test_quick_bench_json(tiny_model_dir):
     for k, parts in summary["packed_parts_s"].items():
         assert set(parts) == {"load", "base", "train", "evaluate"} and all(v > 0 for v in parts.values())
         assert sum(parts.values()) <= summary["wall_s"][f"packed K={k}"]
+        assert 0 < summary["packed_train_flop_share"][k] < 1 and summary["packed_train_matmul_share"][k] > 0
     best = summary["packed"][str(summary["best_pack_size"])]
     assert best == max(summary["packed"].values())
     assert abs(summary["best_speedup"] - best / summary["naive_trials_per_hour"]) < 1e-9 * best
