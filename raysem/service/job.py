@@ -50,9 +50,9 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
     except StudyInterrupted as exc:
         print(f"raysem: study {spec.name}: {exc}", file=sys.stderr)
         return 130
-    rate = outcome.trials / outcome.wall_s * 3600 if outcome.wall_s else 0.0
+    rate = outcome.ran / outcome.wall_s * 3600 if outcome.wall_s else 0.0
     print(
-        f"raysem: study {outcome.name}: {outcome.trials} trials in {outcome.wall_s:.1f} s ({rate:,.0f} trials/hour); "
+        f"raysem: study {outcome.name}: {outcome.trials} trials, {outcome.ran} run now in {outcome.wall_s:.1f} s ({rate:,.0f} trials/hour); "
         f"MLflow experiment {outcome.experiment!r} at {outcome.tracking_uri}"
     )
     if outcome.best_point is not None:

@@ -358,6 +358,8 @@ class StudyOutcome:
     storage: Path
     best_point: dict[str, Any] | None = None
     """The searched point with the best objective (random / Optuna searches)."""
+    ran: int = 0
+    """Trials run in this sitting (``trials`` counts the whole study, resumed or not)."""
 
 
 def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
@@ -488,13 +490,14 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         status = "FINISHED"
     finally:
         left = ray.get(logger.flush.remote())
+        ran = ray.get(logger.recorded_count.remote())
         if parent_id:
             try:
                 tracking.with_retries(lambda: tracking.finish_study(uri, parent_id, status), f"marking the study run {parent_id} {status}")
             except tracking.TrackingUnavailable as exc:  # the trials are safe; only the parent run's status is stale
                 print(f"raysem: {exc}; the study run stays RUNNING in MLflow")
         ray.kill(logger)
-    return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best)
+    return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best, ran)
 
 
 def _tuner(

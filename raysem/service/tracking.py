@@ -315,6 +315,8 @@ class TrialLogger:
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
         self.pending, self.tags = Path(pending_dir), tags
         self._done: set[str] | None = None
+        self.recorded = 0
+        """Trials handed to ``record`` by this logger: the ones run in this sitting of the study."""
 
     def done_among(self, keys: list[str]) -> list[str]:
         """Those of ``keys`` already logged. The experiment's keys are read from MLflow once (with
@@ -331,7 +333,11 @@ class TrialLogger:
         ``flush`` or ``raysem sync``)."""
         for key, params, result, error in trials:
             PendingTrial(key, self.experiment, self.parent, params, self.tags, result, error).write(self.pending)
+        self.recorded += len(trials)
         return self._log_kept()
+
+    def recorded_count(self) -> int:
+        return self.recorded
 
     def flush(self, timeout: float = 120.0) -> int:
         """Retry the kept trials until they are logged or ``timeout`` seconds pass; returns how many stay."""

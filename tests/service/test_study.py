@@ -53,7 +53,7 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
     spec = load_spec(tiny_spec(tmp_path, tiny_model_dir, "tiny-study"))
     outcome = run_study(spec)
     client, runs = trial_runs(outcome.tracking_uri, spec.experiment)
-    assert outcome.trials == count_trials(spec) == 2 * 4 + 2 * 2
+    assert outcome.trials == count_trials(spec) == outcome.ran == 2 * 4 + 2 * 2
     assert len(runs) == outcome.trials
     assert len({r.data.tags["raysem.trial_key"] for r in runs}) == outcome.trials
     assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == outcome.parent_run_id for r in runs)
@@ -76,10 +76,11 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
 
     again = run_study(spec)
     assert len(trial_runs(again.tracking_uri, spec.experiment)[1]) == outcome.trials, "finished trials are not redone"
+    assert (again.trials, again.ran) == (outcome.trials, 0)
 
     # γ = 2 added to the grid, then --resume: a restored Tune run would hold only the old grid's trials
     grown = load_spec(tiny_spec(tmp_path, tiny_model_dir, "tiny-study", sweep={"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0, 2.0]}}))
-    run_study(grown, resume=True)
+    assert run_study(grown, resume=True).ran == outcome.trials // 2
     keys = [r.data.tags["raysem.trial_key"] for r in trial_runs(again.tracking_uri, spec.experiment)[1]]
     assert len(keys) == len(set(keys)) == count_trials(grown) == outcome.trials * 3 // 2
 
