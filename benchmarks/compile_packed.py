@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from raysem.data.datasets import load_facts
 from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.loader import load_model
+from raysem.training.bench import bench_config, bench_facts
 from raysem.training.config import TrialConfig
 from raysem.training.packed import attach_packed_lora, train_packed
 from raysem.training.trial import ResidentModel
@@ -29,7 +29,7 @@ from raysem.training.trial import ResidentModel
 
 def pack(lm, facts, base, steps: int) -> tuple[float, list[list[float]]]:
     """Seconds and loss curves of one pack trained for ``steps`` steps."""
-    cfgs = [TrialConfig(steps=steps, seed=i) for i in range(len(facts))]
+    cfgs = [bench_config(steps, i) for i in range(len(facts))]
     packed = attach_packed_lora(lm.model, [c.seed for c in cfgs], cfgs[0].rank, cfgs[0].alpha, cfgs[0].target_modules)
     try:
         start = time.perf_counter()
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     lm = load_model(args.model)
-    facts = load_facts("zsre", limit=args.pack_size).facts
+    facts = bench_facts(args.pack_size)
     base = ResidentModel(lm).base_records(facts)
     pack(lm, facts, base, 1)  # warm-up
     eager_s, eager_losses = pack(lm, facts, base, args.steps)

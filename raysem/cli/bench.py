@@ -136,13 +136,12 @@ def render_table(summary: dict[str, Any]) -> Table:
         table.add_column(column, justify="left" if column == "variant" else "right")
     naive = summary["naive_trials_per_hour"]
     rows = [
-        ("naive (process per trial)", summary["naive_trials_per_hour"], summary["naive_matmul_share"]),
-        ("resident, unpacked", summary["resident_trials_per_hour"], summary["resident_matmul_share"]),
-        *((f"packed K={k}", rate, summary["packed_matmul_share"][k]) for k, rate in summary["packed"].items()),
+        ("naive (process per trial)", summary["naive_trials_per_hour"], summary["naive_matmul_share"], {}),
+        ("resident, unpacked", summary["resident_trials_per_hour"], summary["resident_matmul_share"], {}),
+        *((f"packed K={k}", rate, summary["packed_matmul_share"][k], summary["packed_parts_s"][k]) for k, rate in summary["packed"].items()),
     ]
-    for name, rate, share in rows:
+    for name, rate, share, parts in rows:
         cpu_share = summary["cpu_matmul_share"][name]
-        parts = summary["packed_parts_s"].get(name.removeprefix("packed K="), {}) if name.startswith("packed") else {}
         table.add_row(
             name, str(summary["trials"][name]), f"{summary['wall_s'][name]:.1f}", f"{summary['cpu_s'][name]:.1f}",
             f"{rate:,.0f}", f"{rate / naive:.2f}", f"{100 * share:.1f}", "—" if cpu_share is None else f"{100 * cpu_share:.1f}",

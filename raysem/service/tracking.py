@@ -337,6 +337,7 @@ class TrialLogger:
         return self._log_kept()
 
     def recorded_count(self) -> int:
+        """``recorded``, for the driver (an actor's attributes are not remote)."""
         return self.recorded
 
     def flush(self, timeout: float = 120.0) -> int:

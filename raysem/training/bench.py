@@ -162,9 +162,8 @@ class ModelShape:
         return self.forward(prompt, logits=1, lora=lora) + steps
 
 
-def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig, train_only: bool = False) -> float:
-    """Useful FLOPs of one single-fact trial: base answers, ``cfg.steps`` training steps, evaluation
-    (``train_only``: the training steps alone)."""
+def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig) -> dict[str, float]:
+    """Useful FLOPs of one single-fact trial by part: ``base`` answers, ``train`` (``cfg.steps`` steps), ``evaluate``."""
     shape = ModelShape.of(lm, cfg)
 
     def n_prompt(question: str) -> int:
@@ -176,12 +175,10 @@ def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig, train_only: bool 
     base = shape.generate(n_prompt(fact.prompt), target, lora=False)
     base += sum(shape.generate(n_prompt(q), b, lora=False) for q, b in probes[: len(fact.locality)])
     train = cfg.steps * shape.train_step(tokens, target)
-    if train_only:
-        return train
     evaluation = shape.generate(n_prompt(fact.prompt), target) + shape.forward(tokens, logits=target)
     evaluation += sum(shape.generate(n_prompt(q), target) for q in fact.rephrasings)
     evaluation += sum(shape.generate(n_prompt(q), b) for q, b in probes)
-    return base + train + evaluation
+    return {"base": base, "train": train, "evaluate": evaluation}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -298,7 +295,9 @@ def run_resident(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: S
     return VariantRun("resident, unpacked", n, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:n]), y_new)
 
 
-def run_packed(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float], k: int) -> VariantRun:
+def run_packed(
+    lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float], train_flops: Sequence[float], k: int
+) -> VariantRun:
     with Clock() as clock:
         resident = ResidentModel(lm)
         cfgs = [bench_config(settings.steps, i) for i in range(k)]
@@ -308,8 +307,7 @@ def run_packed(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Seq
     y_new = {i: r.records[0]["y_new"] for i, r in enumerate(results) if r.records}
     pack = results[0].aggregates
     parts = {"load": load.wall_s, "base": base_clock.wall_s, "train": pack["pack_train_s"], "evaluate": pack["pack_wall_s"] - pack["pack_train_s"]}
-    train_flops = sum(trial_flops(lm, f, cfgs[i], train_only=True) for i, f in enumerate(facts[:k]))
-    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new, parts, train_flops)
+    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new, parts, sum(train_flops[:k]))
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -330,14 +328,15 @@ def _measure(settings: BenchSettings, say: Callable[[str], None]) -> tuple[str, 
     peak = matmul_peak(settings.device, settings.matmul_size)
     with Clock() as load:
         lm = load_model(settings.model, dtype=_dtype(settings.device), device=settings.device)
-    flops = [trial_flops(lm, f, bench_config(settings.steps, i)) for i, f in enumerate(facts)]
+    parts = [trial_flops(lm, f, bench_config(settings.steps, i)) for i, f in enumerate(facts)]
+    flops = [sum(p.values()) for p in parts]
     say(f"naive: {settings.naive_trials} trials ...")
     runs = [run_naive(settings, facts, flops)]
     say(f"resident: {settings.resident_trials} trials ...")
     runs.append(run_resident(lm, load, settings, facts, flops))
     for k in settings.pack_sizes:
         say(f"packed: K={k} ...")
-        runs.append(run_packed(lm, load, settings, facts, flops, k))
+        runs.append(run_packed(lm, load, settings, facts, flops, [p["train"] for p in parts], k))
     return str(lm.device), peak, load, flops, runs
 
 
