@@ -23,7 +23,6 @@ from typing import Any
 from raysem.data.facts import DatasetError, Fact, FactSet, Probe, facts_sha256
 from raysem.paths import cache_dir
 
-FORMATS = ("zsre-mend", "counterfact-mend", "counterfact-rome", "knowedit", "worldfacts")
 DATASET_NAMES = ("zsre", "counterfact", "knowedit", "worldfacts", "worldfacts-cf")
 
 # Files a named dataset resolves to, relative to a data root, in order of preference.
@@ -263,12 +262,15 @@ def detect_format(path: Path, record: Any) -> str:
         return "counterfact-mend"
     if "prompt" in keys:
         return "knowedit"
+    if {"text", "labels"} <= keys:
+        return "knowedit-wikibio"
     raise DatasetError(
         f"{path}: record 0: unknown dataset format; keys seen: {', '.join(sorted(keys)) or '(none)'}. "
         "Accepted formats: zsre-mend (src, alt, answers, rephrase, loc, loc_ans, subject), "
         "counterfact-mend (prompt, target_new, ground_truth, rephrase_prompt, locality_prompt, ...), "
         "counterfact-rome (requested_rewrite, paraphrase_prompts, neighborhood_prompts), "
-        "knowedit (subject, prompt, target_new, ground_truth, locality, portability)"
+        "knowedit (subject, prompt, target_new, ground_truth, locality, portability), "
+        "knowedit-wikibio (text, labels, concept, locality)"
     )
 
 
@@ -335,12 +337,13 @@ class _Record:
         return tuple(self.text(*keys, i) for i in range(len(value)))
 
     def answer(self, *keys: Key) -> str:
-        """A string, or the first string of a (possibly nested) list of accepted answers."""
+        """A string, or the first non-blank string of a (possibly nested) list of accepted answers."""
         value = self.get(*keys)
         while isinstance(value, list):
-            if not value:
-                raise self.error(keys, "is an empty list", value)
-            keys, value = (*keys, 0), value[0]
+            index = next((i for i, item in enumerate(value) if not _is_blank(item)), None)
+            if index is None:
+                raise self.error(keys, "is an empty list" if not value else "holds no answer", value)
+            keys, value = (*keys, index), value[index]
         return self.text(*keys)
 
     def optional_text(self, role: str, *keys: Key) -> str:
@@ -348,17 +351,14 @@ class _Record:
         return "" if self._blank(role, keys) else self.text(*keys)
 
     def optional_answer(self, role: str, *keys: Key) -> str:
-        """``answer`` of a field no metric reads (``role`` keys ``_BLANK_REASONS``), or "" when it is missing or an
-        empty string (an empty list is still an error)."""
+        """``answer`` of a field no metric reads (``role`` keys ``_BLANK_REASONS``), or "" when it is blank."""
         return "" if self._blank(role, keys) else self.answer(*keys)
 
     def _blank(self, role: str, keys: tuple[Key, ...]) -> bool:
-        """Whether a field is missing or an empty string (the first one of nested lists); noted in ``blanks``."""
+        """Whether a field is missing or blank at every depth (``_is_blank``); noted in ``blanks``."""
         parent = self.get(*keys[:-1])
-        value = parent.get(keys[-1], "") if isinstance(parent, dict) else self.get(*keys)
-        while isinstance(value, list) and value:
-            value = value[0]
-        if not isinstance(value, str) or value.strip():
+        value = parent.get(keys[-1]) if isinstance(parent, dict) else self.get(*keys)
+        if not _is_blank(value):
             return False
         label = str(keys[-1]) if role == "locality" else ".".join(map(str, keys))
         self.blanks.append((role, label))
@@ -371,6 +371,15 @@ class _Record:
         if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
             raise self.error(("case_id",), "expected an integer or a non-empty string", value)
         return str(value).strip()
+
+
+def _is_blank(value: Any) -> bool:
+    """None, an empty or all-space string, or a list or object holding only blanks, at any depth."""
+    if value is None or isinstance(value, str):
+        return not (value or "").strip()
+    if isinstance(value, (list, dict)):
+        return all(_is_blank(item) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +468,19 @@ def _parse_knowedit(rec: _Record, name: str, split: str) -> Fact:
     )
 
 
+def _parse_knowedit_wikibio(rec: _Record, name: str, split: str) -> Fact:
+    """KnowEdit's WikiBio split: a passage (``text``) to continue with the sentence ``labels``, about ``concept``."""
+    return Fact(
+        id=f"{name}:{rec.index}",
+        prompt=rec.text("text"),
+        target=rec.text("labels"),
+        subject=rec.optional_text("subject", "concept"),
+        locality=_knowedit_probes(rec, "locality"),
+        source=name,
+        split=split,
+    )
+
+
 def _knowedit_probes(rec: _Record, key: str) -> tuple[Probe, ...]:
     """Probes of all groups of ``locality`` / ``portability`` ({group: [{prompt, ground_truth}]}); a locality
     probe's ground truth may be blank (no metric reads it), a portability probe's may not (exact match)."""
@@ -483,4 +505,5 @@ _PARSERS: dict[str, Callable[[_Record, str, str], Fact]] = {
     "counterfact-mend": _parse_counterfact_mend,
     "counterfact-rome": _parse_counterfact_rome,
     "knowedit": _parse_knowedit,
+    "knowedit-wikibio": _parse_knowedit_wikibio,
 }

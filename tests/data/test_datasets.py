@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -240,11 +241,94 @@ def test_wrong_type_names_field_and_value(tmp_path):
 
 def test_nested_knowedit_field_is_named(tmp_path):
     records = json.loads((FIXTURES / "knowedit_small.json").read_text())
-    records[1]["locality"]["Forgetfulness"][0]["ground_truth"] = []
+    records[1]["portability"]["Subject_Aliasing"][0]["ground_truth"] = [[], [" "]]
     with pytest.raises(
-        DatasetError, match=r"record 1: field 'locality\.Forgetfulness\[0\]\.ground_truth': is an empty list"
+        DatasetError, match=r"record 1: field 'portability\.Subject_Aliasing\[0\]\.ground_truth': holds no answer"
     ):
         load_facts(write_json(tmp_path / "k.json", records))
+
+
+def probe(prompt: str, ground_truth) -> dict:
+    return {"prompt": prompt, "ground_truth": ground_truth}
+
+
+# One record shaped like each of KnowEdit's knowledge insertion and modification splits, with the blanks the
+# published files have in fields no metric reads (locality ground truths nested empty, a missing subject).
+KNOWEDIT_SPLITS = {
+    "wiki_recent": {
+        "subject": "Leo Arons", "prompt": "The place of death of Leo Arons is", "target_new": "Berlin",
+        "portability": {"Reasoning": [probe("The continent of the place of death of Leo Arons is", [[], ["Europe", "Old Continent"]])],
+                        "Logical_Generalization": []},
+        "locality": {"Relation_Specificity": [probe(f"Fact {i} of Leo Arons is", [["x"]]) for i in range(7)]
+                     + [probe("The father of Leo Arons is", [[]]), probe("The field of Leo Arons is", [])]},
+    },
+    "zsre": {
+        "subject": "Epaspidoceras", "target_new": "Noctuidae", "prompt": "Which family does Epaspidoceras belong to?",
+        "ground_truth": [[]], "rephrase_prompt": "What family are Epaspidoceras?",
+        "locality": {"Relation_Specificity": [probe("The taxon rank of Epaspidoceras is", [""]), probe("Epaspidoceras taxon rank", {})]},
+        "portability": {"Reasoning": [probe("What is the common name of that family?", "Owlet moths")]},
+    },
+    "wiki_counterfact": {
+        "prompt": "The position held by Frederic Piesch is", "target_new": "Archbishop of León", "ground_truth": "",
+        "portability": {},
+        "locality": {"Relation_Specificity": [probe("The gender of Frederic Piesch is", "male")],
+                     "Forgetfulness": [{"prompt": "The position held by Frederic Piesch, which is not that, is"}]},
+    },
+    "wikibio": {
+        "text": "This is a Wikipedia passage about john russell reynolds.", "labels": "He was educated in London.",
+        "concept": "john russell reynolds",
+        "locality": {"Relation_Specificity": [probe("The field of work of john russell reynolds is", [[""], []])]},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("split", "fmt", "warned"),
+    [
+        ("wiki_recent", "knowedit", ["2 locality probe(s) in 1 record(s) have an empty or missing ground_truth"]),
+        ("zsre", "knowedit", ["2 locality probe(s) in 1 record(s) have an empty or missing ground_truth",
+                              "1 record(s) have an empty or missing ground_truth; no metric reads the true answer"]),
+        ("wiki_counterfact", "knowedit", ["1 locality probe(s) in 1 record(s) have an empty or missing ground_truth",
+                                          "1 record(s) have an empty or missing subject",
+                                          "1 record(s) have an empty or missing ground_truth; no metric reads the true answer"]),
+        ("wikibio", "knowedit-wikibio", ["1 locality probe(s) in 1 record(s) have an empty or missing ground_truth"]),
+    ],
+)  # fmt: skip
+def test_every_knowedit_split_loads_with_its_unread_blanks_counted(tmp_path, split, fmt, warned):
+    """Nested empty lists and objects in fields no metric reads load, with one warning per field and its counts."""
+    path = write_json(tmp_path / f"{split}.json", [KNOWEDIT_SPLITS[split]])
+    with pytest.warns(IncompleteRecordWarning) as caught:
+        facts = load_facts(path)
+    assert facts.format == fmt and len(facts.facts) == 1
+    messages = sorted(str(w.message).removeprefix(f"{path}: ") for w in caught)
+    assert len(messages) == len(warned) and all(any(m.startswith(w) for m in messages) for w in warned), messages
+    fact = facts.facts[0]
+    blanks = sum(p.answer == "" for p in fact.locality)
+    assert blanks == int(warned[0].split()[0]) and all(p.prompt for p in fact.locality)
+    if split == "wiki_recent":
+        assert len(fact.locality) == 9 and [p.answer for p in fact.portability] == ["Europe"]
+    if split == "wikibio":
+        assert (fact.prompt, fact.target, fact.subject) == (
+            "This is a Wikipedia passage about john russell reynolds.", "He was educated in London.", "john russell reynolds")
+
+
+@pytest.mark.parametrize(
+    ("split", "keys", "field"),
+    [
+        ("wiki_recent", ("portability", "Reasoning", 0, "ground_truth"), "portability.Reasoning[0].ground_truth"),
+        ("zsre", ("rephrase_prompt",), "rephrase_prompt"),
+        ("wiki_counterfact", ("locality", "Relation_Specificity", 0, "prompt"), "locality.Relation_Specificity[0].prompt"),
+        ("wikibio", ("labels",), "labels"),
+    ],
+)
+def test_a_blank_field_a_metric_reads_is_refused_in_every_knowedit_split(tmp_path, split, keys, field):
+    record = json.loads(json.dumps(KNOWEDIT_SPLITS[split]))
+    node = record
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = [[]] if keys[-1] == "ground_truth" else ""
+    with pytest.raises(DatasetError, match=rf"record 0: field '{re.escape(field)}': (is empty|holds no answer)"):
+        load_facts(write_json(tmp_path / f"{split}.json", [record]))
 
 
 def knowedit_records() -> list[dict]:
