@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from raysem.data.facts import DatasetError
-    from raysem.semantics.tables import SpecError, distance_table_ray, load_spec, summary
+    from raysem.semantics.tables import distance_table_ray, summary
+    from raysem.service.spec import DistanceTableSpec, SpecError, load_spec
 
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, kind=DistanceTableSpec)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

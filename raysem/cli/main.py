@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -49,20 +48,6 @@ def study_run(
 
     argv = ["--spec", str(spec)] + (["--quick"] if quick else []) + (["--resume"] if resume else [])
     raise typer.Exit(job_main(argv=argv + (["--address", address] if address else [])))
-
-
-@study_app.command("validate")
-def study_validate(spec: Path, quick: bool = typer.Option(False)) -> None:
-    """Validate a spec and print how many trials and Tune units it expands to."""
-    from raysem.service.spec import SpecError, load_spec
-    from raysem.service.study import count_trials, expand_units
-
-    try:
-        loaded = load_spec(spec, quick=quick)
-    except SpecError as exc:
-        _fail(str(exc))
-    units = len(expand_units(loaded)) if loaded.search.algorithm == "grid" else loaded.search.num_samples
-    typer.echo(json.dumps({"name": loaded.name, "trials": count_trials(loaded), "units": units}))
 
 
 @app.command("sync")
@@ -136,9 +121,11 @@ def _assemble() -> None:
     from raysem.cli.data import data_app
     from raysem.cli.report import report_app
     from raysem.cli.semantic import semantic_app
+    from raysem.cli.spec import spec_app
     from raysem.cli.trial import trial_app
 
     app.add_typer(data_app, name="data", help="Datasets: fetch and show.")
+    app.add_typer(spec_app, name="spec")
     _mount(semantic_app)
     _mount(trial_app, "trial")
     app.add_typer(bench_app, name="bench")

@@ -46,14 +46,12 @@ PARAM_TYPES: dict[str, type] = {
     "filter_lambda": float, "replace": float, "mean_min": float, "mean_max": float,
     "study_kind": str, "group": str,
     "alpha": float, "dropout": float, "batch_size": int, "weight_decay": float,
-    "optimizer": str, "prompt_style": str, "answer_budget": str, "phase": str,
+    "optimizer": str, "prompt_style": str, "answer_budget": str, "phase": str, "fingerprint": str,
 }  # fmt: skip
 """Trial params read back and the type each is parsed to (MLflow stores params as strings).
 
 The first block is the run contract; the last line holds optional training settings that a
 sweep may vary (absent ones read as NaN)."""
-
-FROBENIUS_KEYS = ("dW_fro", "W_fro", "proj_dW_fro", "proj_W_fro", "proj_random_fro", "amplification")
 
 DOWNLOAD_THREADS = 8
 FEATURE_TRIALS_PER_MODEL = 50
@@ -166,7 +164,23 @@ def trial_table(runs: list[Run]) -> pd.DataFrame:
             frame[name] = frame[name].astype(object)
         else:
             frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    check_identities(frame)
     return frame.sort_values("trial_key", kind="stable").reset_index(drop=True)
+
+
+def check_identities(trials: pd.DataFrame) -> None:
+    """Refuse trials of different study identities (``fingerprint``) under one configuration label (swept
+    point and set size): the report would pool them as one configuration's. Trials logged before identities
+    were recorded have none and are not compared."""
+    known = trials[trials["fingerprint"].fillna("").astype(str) != ""]
+    counts = known.groupby(["group", "k"], dropna=False)["fingerprint"].unique()
+    mixed = {label: sorted(prints) for label, prints in counts.items() if len(prints) > 1}
+    if mixed:
+        shown = "; ".join(f"{group} (k = {k}): {', '.join(prints)}" for (group, k), prints in list(mixed.items())[:5])
+        raise ReportError(
+            f"trials of different study identities share a configuration label, and would be pooled: {shown}. "
+            "Report each study's experiment apart (a changed spec belongs under a new study name)."
+        )
 
 
 def _fetch(client: MlflowClient, run_id: str, path: str, dst: Path, reader: Callable[[Path], Any]) -> Any:

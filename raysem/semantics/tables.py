@@ -24,17 +24,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import raysem
 from raysem.data.facts import Fact, FactSet, facts_sha256
-from raysem.errors import SpecError
-from raysem.models.catalog import DEFAULT_MODEL, EMBEDDED_MODELS
+from raysem.models.catalog import EMBEDDED_MODELS
 from raysem.models.loader import LoadedModel, load_model
-from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
+from raysem.models.prompts import Prompting
 from raysem.paths import cache_dir
 from raysem.semantics.evaluate import BaseRecord, base_records
 from raysem.semantics.metrics import is_sentence_preface
@@ -294,43 +291,6 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Ray Data job
 # ---------------------------------------------------------------------------------------------
-
-
-class DistanceTableSpec(BaseModel):
-    """What ``jobs/distance_table.py`` computes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(DEFAULT_MODEL, min_length=1, description="embedded model name, local folder or hub id")
-    dataset: str = Field(min_length=1, description="dataset name (zsre, counterfact, ...) or file path")
-    limit: int | None = Field(None, ge=1, description="use only the first N facts")
-    batch_size: int = Field(32, ge=1, le=4096, description="facts per batch (and per decoding batch)")
-    actors: int = Field(1, ge=1, le=1024, description="model-holding actors in the Ray Data pool")
-    prompt_style: PromptStyle = Field(DEFAULT_PROMPT_STYLE, description="chat or fewshot (raysem.models.prompts)")
-    answer_budget: AnswerBudget = Field("target", description="target (the reference's token count) or free")
-    free_tokens: int = Field(24, ge=1, description="answer budget under answer_budget: free")
-
-    @property
-    def prompting(self) -> Prompting:
-        return Prompting(self.prompt_style, self.answer_budget, self.free_tokens)
-
-
-def load_spec(path: str | Path) -> DistanceTableSpec:
-    """Read and validate a spec YAML file; every problem raises ``SpecError`` naming file and field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    try:
-        return DistanceTableSpec(**data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(spec)'}: {e['msg']}" for e in exc.errors())
-        raise SpecError(f"{path}: invalid spec: {problems}") from None
 
 
 class BaseRecordsActor:

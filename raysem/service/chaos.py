@@ -24,7 +24,8 @@ import yaml
 from raysem.service import tracking
 from raysem.service.local_ray import RAY_ROOT, processes_of, reap_orphaned_rays
 from raysem.service.spec import load_spec
-from raysem.service.study import expand_units, trial_key
+from raysem.service.identity import fingerprint, study_identity
+from raysem.service.planning import expand_units, trial_key
 from raysem.service.tracking_bench import launch_server, start_server, wait_for_server
 
 PROGRESS = re.compile(r"\[raysem\] trials (\d+)/(\d+)")
@@ -69,8 +70,11 @@ def chaos_spec(folder: Path, model_dir: Path, uri: str, trials: int, unpacked_sh
 
 
 def expected_keys(spec_path: Path) -> set[str]:
+    from raysem.data.datasets import load_facts
+
     spec = load_spec(spec_path)
-    return {trial_key(unit["point"], s, int(unit["point"].get("k", spec.sampling.k))) for unit in expand_units(spec) for s in unit["samplings"]}
+    fp = fingerprint(study_identity(spec, load_facts(spec.dataset, limit=spec.data_limit).sha256))
+    return {trial_key(u["point"], s, int(u["point"].get("k", spec.sampling.k)), fp) for u in expand_units(spec) for s in u["samplings"]}
 
 
 class _Driver:

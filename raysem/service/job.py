@@ -21,6 +21,11 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
     parser.add_argument("--report-dir", default=None, help="where the report goes (default: <storage>/../reports/<name>)")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument(
+        "--new-experiment", action="store_true",
+        help="if the spec's identity (model, data, trial settings, ...) differs from its experiment's, run it as "
+        "<name>-<fingerprint> in a new experiment instead of refusing it",
+    )  # fmt: skip
+    parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
         help="override one spec field, dotted path and YAML value (e.g. sampling.n_samplings=20); repeatable",
     )  # fmt: skip
@@ -40,10 +45,11 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
         print(f"raysem: spec error: {exc}", file=sys.stderr)
         return 2
 
-    from raysem.service.study import ResourceError, StudyInterrupted, run_study
+    from raysem.service.interrupt import StudyInterrupted
+    from raysem.service.study import ResourceError, run_study
 
     try:
-        outcome = run_study(spec, address=args.address, resume=args.resume)
+        outcome = run_study(spec, address=args.address, resume=args.resume, new_experiment=args.new_experiment)
     except (ResourceError, SpecError) as exc:
         print(f"raysem: {exc}", file=sys.stderr)
         return 2
@@ -68,8 +74,8 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
     if spec.report and not args.no_report and outcome.parent_run_id:
         from raysem.report.build import build_report
 
-        out = Path(args.report_dir) if args.report_dir else outcome.storage.parent / "reports" / spec.name
-        summary = build_report(spec.experiment, tracking_uri=outcome.tracking_uri, out_dir=out)
+        out = Path(args.report_dir) if args.report_dir else outcome.storage.parent / "reports" / outcome.name
+        summary = build_report(outcome.experiment, tracking_uri=outcome.tracking_uri, out_dir=out)
         print(f"raysem: report written to {out}\n{summary.describe()}")
     return 0
 

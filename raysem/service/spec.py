@@ -6,15 +6,15 @@ import itertools
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from raysem.errors import SpecError
 from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
-from raysem.training.config import METHODS, TrialConfig
+from raysem.training.config import METHODS, TrialConfig, check_packable
 
 STUDY_KINDS = (
     "distance_table", "accuracy_vs_distance", "single_fact_deviation", "multi_fact_analysis",
@@ -26,6 +26,14 @@ SAMPLING_FIELDS = ("k",)
 
 class GammaNoOpWarning(UserWarning):
     """A spec sweeps γ where it cannot act (single facts under AdamW)."""
+
+
+TrialSettings: type[BaseModel] = create_model(
+    "TrialSettings",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="TrialConfig fields shared by all trials; an unset field takes TrialConfig's default (lr: the method's).",
+    **{name: (f.annotation | None, Field(None, description=f.description)) for name, f in TrialConfig.model_fields.items()},  # type: ignore[call-overload]
+)
 
 
 class Dimension(BaseModel):
@@ -44,6 +52,13 @@ class Dimension(BaseModel):
         kinds = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"give exactly one of grid/choice/uniform/loguniform/randint, got {kinds or 'none'}")
+        values = getattr(self, kinds[0])
+        if kinds[0] in ("grid", "choice") and not values:
+            raise ValueError(f"{kinds[0]} needs at least one value")
+        if kinds[0] in ("uniform", "loguniform", "randint") and not values[0] < values[1]:
+            raise ValueError(f"{kinds[0]} bounds must be (low, high) with low < high, got {list(values)}")
+        if kinds[0] == "loguniform" and values[0] <= 0:
+            raise ValueError(f"loguniform bounds must be > 0, got {list(values)}")
         return self
 
     def values(self) -> list[Any]:
@@ -155,7 +170,7 @@ class StudySpec(BaseModel):
     dataset: str = "worldfacts"
     data_limit: int | None = Field(None, ge=1, description="use only the first N facts of the dataset")
     sampling: Sampling = Sampling()
-    trial: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by all trials")
+    trial: TrialSettings = Field(default_factory=TrialSettings, description="TrialConfig fields shared by all trials")  # type: ignore[valid-type]
     filter: Filter = Filter()
     sweep: dict[str, Dimension] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(
@@ -189,9 +204,9 @@ class StudySpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
         try:
-            TrialConfig(**self.trial)
+            self.trial_config()
         except ValidationError as exc:
-            raise ValueError(f"trial: {_first_error(exc)}") from None
+            raise ValueError(f"trial.{_first_error(exc)}") from None
         if self.search.algorithm == "grid":
             bad = [n for n, d in self.sweep.items() if d.grid is None and d.choice is None]
             if bad:
@@ -220,7 +235,35 @@ class StudySpec(BaseModel):
                 "replacing a single fact would train on another fact than the one tested; use k > 1 or drop "
                 "filter / sweep.filter_mode"
             )
+        self._check_points()
         return self
+
+    def _check_points(self) -> None:
+        """Every grid point (and every search bound and choice) builds a valid TrialConfig, and packs it if it packs."""
+        for point in self.grid_points():
+            try:
+                cfg = self.point_config(point)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                name = ".".join(str(p) for p in err["loc"])
+                where = f"sweep.{name}" if name in self.sweep else f"trial.{name}"
+                raise ValueError(f"{where}: {err['msg']} (got {err.get('input')!r}) at the point {point}") from None
+            if self.packs(point):
+                try:
+                    check_packable([cfg])
+                except ValueError as exc:
+                    raise ValueError(f"pack_size: {self.pack_size} packs single-fact LoRA trials, and {exc} at the point {point}; "
+                                     "set pack_size: 1 to run them unpacked") from None  # fmt: skip
+
+    def point_config(self, point: dict[str, Any], seed: int | None = None) -> TrialConfig:
+        """The TrialConfig of one sweep point (filter and set-size dimensions are not trial settings)."""
+        fields = {n: v for n, v in point.items() if n not in FILTER_FIELDS and n not in SAMPLING_FIELDS}
+        return self.trial_config(**fields, **({} if seed is None else {"seed": seed}))
+
+    def packs(self, point: dict[str, Any]) -> bool:
+        """Whether samplings at this point train as packs of single-fact LoRA trials."""
+        k = int(point.get("k", self.sampling.k))
+        return k == 1 and point.get("method", self.trial.method or "lora") == "lora" and self.pack_size > 1  # type: ignore[attr-defined]
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every point of a grid sweep (one empty point when nothing is swept), less the ``exclude``d ones."""
@@ -231,7 +274,7 @@ class StudySpec(BaseModel):
     def _gamma_on_lone_adamw_facts(self) -> bool:
         """Whether some trial applies γ > 0 to a single fact under AdamW (where γ cannot act)."""
         for point in self.grid_points():  # distributions contribute their bounds
-            merged = {**self.trial, "k": self.sampling.k, **point}
+            merged = {**self.trial.model_dump(exclude_none=True), "k": self.sampling.k, **point}
             if merged["k"] == 1 and merged.get("optimizer", "adamw") == "adamw" and merged.get("gamma", 0.0) > 0:
                 return True
         return False
@@ -256,7 +299,7 @@ class StudySpec(BaseModel):
 
     def trial_config(self, **overrides: Any) -> TrialConfig:
         """The TrialConfig for one point of the sweep."""
-        fields = {k: v for k, v in {**self.trial, **overrides}.items() if k in TrialConfig.model_fields}
+        fields = {k: v for k, v in {**self.trial.model_dump(exclude_none=True), **overrides}.items() if k in TrialConfig.model_fields}
         return TrialConfig(**fields)
 
     def ks(self) -> list[int]:
@@ -273,10 +316,15 @@ def _check_value(name: str, value: Any) -> None:
         raise ValueError(f"sweep.method: unknown method {value!r}; methods: {list(METHODS)}")
     if name == "filter_mode" and value not in ("none", "filter", "random"):
         raise ValueError(f"sweep.filter_mode: {value!r} is not one of none/filter/random")
+    if name == "k" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"sweep.k: set sizes must be integers >= 1, got {value!r}")
+    if name in ("mean_min", "mean_max") and not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"sweep.{name}: values must be finite numbers, got {value!r}")
 
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
+    err["msg"] = err["msg"].removeprefix("Value error, ")
     where = ".".join(str(p) for p in err["loc"])
     value = err.get("input")
     got = "" if isinstance(value, dict) else f" (got {value!r})"
@@ -290,22 +338,61 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_spec(path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None) -> StudySpec:
-    """Read and validate a study spec; ``quick`` applies the spec's own ``quick:`` overrides."""
-    path = Path(path)
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """A spec file's mapping of fields; SpecError when it is missing, not YAML or not a mapping."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+def load_spec(
+    path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None, kind: type[SpecT] = StudySpec  # type: ignore[assignment]
+) -> SpecT:
+    """Read and validate a spec (a ``StudySpec`` unless ``kind`` says otherwise); ``quick`` applies the spec's
+    own ``quick:`` overrides, which are validated either way, so that a bad override fails here, not in a run."""
+    path = Path(path)
+    raw = read_spec_file(path)
     if quick:
         raw = _merge(raw, raw.get("quick") or {})
     if overrides:
         raw = _merge(raw, overrides)
     try:
-        return StudySpec(**raw)
+        spec = kind(**raw)
     except ValidationError as exc:
         raise SpecError(f"{path}: {_first_error(exc)}") from None
+    if kind is StudySpec and not quick and raw.get("quick"):
+        try:
+            kind(**_merge(raw, raw["quick"]))
+        except ValidationError as exc:
+            raise SpecError(f"{path}: with --quick: {_first_error(exc)}") from None
+    return spec
+
+
+class DistanceTableSpec(BaseModel):
+    """What ``jobs/distance_table.py`` computes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(DEFAULT_MODEL, min_length=1, description="embedded model name, local folder or hub id")
+    dataset: str = Field(min_length=1, description="dataset name (zsre, counterfact, ...) or file path")
+    limit: int | None = Field(None, ge=1, description="use only the first N facts")
+    batch_size: int = Field(32, ge=1, le=4096, description="facts per batch (and per decoding batch)")
+    actors: int = Field(1, ge=1, le=1024, description="model-holding actors in the Ray Data pool")
+    prompt_style: PromptStyle = Field(DEFAULT_PROMPT_STYLE, description="chat or fewshot (raysem.models.prompts)")
+    answer_budget: AnswerBudget = Field("target", description="target (the reference's token count) or free")
+    free_tokens: int = Field(24, ge=1, description="answer budget under answer_budget: free")
+
+    @property
+    def prompting(self) -> Prompting:
+        return Prompting(self.prompt_style, self.answer_budget, self.free_tokens)

@@ -1,40 +1,32 @@
-"""Studies on Ray Tune: expand a spec into work units, run them on resident models, log every trial to MLflow.
-
-A *trial* is one knowledge-learning run (one fact set, one configuration) and gets one MLflow
-child run. A *unit* is what one Tune trial executes: a block of samplings for one point of the
-sweep. Single-fact LoRA samplings are packed ``pack_size`` to a unit and trained together;
-other units hold one sampling. Tune reports once per unit, actors are reused so the base model
-stays resident in each worker, and trials whose MLflow run already exists are never redone.
+"""Running a study on Ray Tune (the driver): check the cluster and the study's identity, log the study run,
+run the spec's units (a grid, or a search and its confirmation) as resumable Tune runs, and mark the
+study run FINISHED. Planning lives in ``planning``, the worker side in ``unit``, stopping in ``interrupt``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
-import math
 import os
-import signal
 import sys
-import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from ray import tune
 
-from raysem.data.facts import Fact, FactSet
+from raysem.data.facts import FactSet
 from raysem.errors import SpecError
 from raysem.service import tracking
+from raysem.service.identity import IDENTITY_PARAM, fingerprint, identity_changes, study_identity
+from raysem.service.interrupt import StopOnSigint, StudyInterrupted, interrupt_at
 from raysem.service.local_ray import init_local_ray
-from raysem.service.spec import FILTER_FIELDS, StudySpec
+from raysem.service.planning import best_point, confirmation_units, count_trials, expand_units, spec_params, study_facts
+from raysem.service.spec import StudySpec
 from raysem.service.storage import check_storage, cluster_hosts
-from raysem.training.results import TrialResult
+from raysem.service.unit import StudyContext, _tune_trainable
 
 # Tune's per-trial loggers and frequent experiment snapshots make the driver the bottleneck at thousands of trials.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -47,239 +39,6 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 class ResourceError(RuntimeError):
     """The Ray cluster cannot offer what a study's trials ask for."""
-
-
-class StudyInterrupted(RuntimeError):
-    """A Tune run ended before all its trials did (SIGINT, or ``failure.fail_fast`` after a failed trial)."""
-
-
-class StopOnSigint:
-    """Within a study, the first SIGINT stops the running Tune run the way Tune's Ctrl-C does (through
-    the SIGUSR1 handler each Tune run installs) and is remembered, so the study stops instead of going
-    on to its next phase; a second SIGINT interrupts at once. Outside the main thread, does nothing."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "StopOnSigint":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received:
-            raise KeyboardInterrupt
-        self.received = True
-        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler: checkpoint the experiment, end the run
-
-
-def trial_key(point: dict[str, Any], sampling: int, k: int) -> str:
-    """A stable key for one logical trial: the sweep point, the set size and the sampling index."""
-    blob = json.dumps({"point": point, "sampling": sampling, "k": k}, sort_keys=True, default=str)
-    return "t-" + hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def packs(spec: StudySpec, point: dict[str, Any]) -> bool:
-    """Whether samplings at this point train as packs of single-fact LoRA trials."""
-    k = int(point.get("k", spec.sampling.k))
-    method = point.get("method", spec.trial.get("method", "lora"))
-    return k == 1 and method == "lora" and spec.pack_size > 1
-
-
-def sampling_blocks(spec: StudySpec, point: dict[str, Any]) -> list[list[int]]:
-    """Samplings grouped into units: packs of ``pack_size`` for single-fact LoRA, one each otherwise."""
-    size = spec.pack_size if packs(spec, point) else 1
-    indices = list(range(spec.sampling.n_for(int(point.get("k", spec.sampling.k)))))
-    return [indices[i : i + size] for i in range(0, len(indices), size)]
-
-
-def expand_units(spec: StudySpec) -> list[dict[str, Any]]:
-    """Grid search: the explicit list of units (point × sampling block), sampling-major: every point's
-    first block, then every point's second, … so that a study stopped part-way leaves complete pairs
-    (the same sampling under γ = 0 and γ > 0, filter and random) rather than one arm finished."""
-    per_point = [(p, sampling_blocks(spec, p)) for p in spec.grid_points()]
-    rounds = max((len(blocks) for _, blocks in per_point), default=0)
-    return [{"point": p, "samplings": blocks[i]} for i in range(rounds) for p, blocks in per_point if i < len(blocks)]
-
-
-def count_trials(spec: StudySpec) -> int:
-    """How many logical trials (MLflow child runs) the study will produce."""
-    if spec.search.algorithm == "grid":
-        per_point = [spec.sampling.n_for(int(p.get("k", spec.sampling.k))) for p in spec.grid_points()]
-        return sum(per_point) * spec.search.num_samples
-    confirm = 2 * spec.search.confirm.n_samplings if spec.search.confirm else 0
-    return spec.search.num_samples * spec.sampling.n_for(spec.sampling.k) + confirm
-
-
-def trial_params(spec: StudySpec, point: dict[str, Any], sampling: int, k: int, cfg_dump: dict[str, Any]) -> dict[str, Any]:
-    """The MLflow params of one trial child run."""
-    filt = {**spec.filter.model_dump(), **{f: point[f] for f in FILTER_FIELDS if f in point}}
-    group = ",".join(f"{n}={point[n]}" for n in sorted(point)) or "base"
-    return {
-        **{k2: v for k2, v in cfg_dump.items() if k2 not in ("target_modules",)},
-        "target_modules": ",".join(cfg_dump.get("target_modules", ())),
-        **filt,
-        "k": k,
-        "sampling": sampling,
-        "dataset": spec.dataset,
-        "model": spec.model,
-        **spec.prompting.key(),
-        "study_kind": spec.kind,
-        "group": group,
-    }
-
-
-@dataclass
-class StudyContext:
-    """What every unit needs from the driver: the spec, the distance table, and the study's trial logger."""
-
-    spec_json: str
-    table: pd.DataFrame
-    facts: list[dict[str, Any]]
-    logger: Any
-    """Handle of the ``tracking.TrialLogger`` actor on the driver's node."""
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _resident(spec: StudySpec):
-    """The worker's resident base model under the study's prompting (loaded once per worker process)."""
-    from raysem.training.trial import ResidentModel
-
-    key = (spec.model, spec.prompting)
-    if _WORKER.get("key") != key:
-        _WORKER["resident"] = ResidentModel(spec.model, prompting=spec.prompting)
-        _WORKER["key"] = key
-    return _WORKER["resident"]
-
-
-def _failed_result(key: str, cfg_dump: dict[str, Any], train: list[Fact], test: list[Fact], error: str) -> TrialResult:
-    return TrialResult(key, cfg_dump, [f.id for f in train], [f.id for f in test], [], {"failed": 1.0}, [], {"error": error})
-
-
-def _training_set(
-    spec: StudySpec, point: dict[str, Any], test: list[Fact], facts: list[Fact], table: pd.DataFrame, seed: int
-) -> tuple[list[Fact], dict[str, float]]:
-    """The training facts (the sampled set itself, or the set after the data filter / random replacement)
-    and what the filter had to leave alone: ``filter_kept_undefined`` members of K and
-    ``filter_pool_excluded`` pool facts without a target distance (empty y_old)."""
-    from raysem.semantics.filter import replace_training_set
-
-    filt = {**spec.filter.model_dump(), **{f: point[f] for f in FILTER_FIELDS if f in point}}
-    if filt["filter_mode"] == "none" or not filt["replace"]:
-        return test, {}
-    dist = dict(zip(table["fact_id"], table["dist_old"]))
-    chosen = {f.id for f in test}
-    pool = [f.id for f in facts if f.id not in chosen and f.id in dist]
-    result = replace_training_set(
-        filt["filter_mode"], [f.id for f in test], [dist[f.id] for f in test], pool, [dist[i] for i in pool],
-        replace=filt["replace"], lam=filt["filter_lambda"], mean_min=filt["mean_min"], mean_max=filt["mean_max"], seed=seed,
-    )  # fmt: skip
-    by_id = {f.id: f for f in facts}
-    counts = {"filter_kept_undefined": float(len(result.kept_undefined)), "filter_pool_excluded": float(len(result.excluded_pool))}
-    return [by_id[i] for i in result.train_ids], counts
-
-
-def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
-    """Run one unit inside a Tune trial: its trials, logged one MLflow child run each; returns the unit summary."""
-    from raysem.data.sampling import sample_fact_sets
-    from raysem.semantics.tables import base_lookup
-    from raysem.training.full_finetune import run_full_finetune
-    from raysem.training.packed import run_packed_trials
-    from raysem.training.trial import run_trial
-
-    spec = StudySpec.model_validate_json(context.spec_json)
-    unit = config.get("unit", config)
-    point, samplings = dict(unit["point"]), list(unit["samplings"])
-    phase = unit.get("phase", "grid" if spec.search.algorithm == "grid" else "search")
-    k = int(point.get("k", spec.sampling.k))
-    facts = [Fact.from_dict(f) for f in context.facts]
-    base = base_lookup(context.table)
-    if phase == "confirm":
-        sets = sample_fact_sets(facts, k, spec.search.confirm.n_samplings, spec.search.confirm.seed)
-    else:
-        sets = sample_fact_sets(facts, k, spec.sampling.n_for(k), spec.sampling.seed)
-    import ray
-
-    keys = {s: trial_key({**point, "phase": "confirm"} if phase == "confirm" else point, s, k) for s in samplings}
-    done = set(ray.get(context.logger.done_among.remote(list(keys.values()))))
-    base_seed = int(spec.trial.get("seed", 0))
-    todo = []
-    for s in samplings:
-        key = keys[s]
-        if key in done:
-            continue
-        cfg = spec.trial_config(**{n: v for n, v in point.items() if n not in FILTER_FIELDS and n != "k"}, seed=base_seed + s)
-        todo.append((key, s, cfg, sets[s]))
-
-    results: list[tuple[str, int, Any, TrialResult, str | None]] = []
-    if todo and packs(spec, point):
-        resident = _resident(spec)
-        packed = run_packed_trials(resident.lm, [t[3][0] for t in todo], [t[2] for t in todo], base, resident.embedder, trial_ids=[t[0] for t in todo])
-        for (key, s, cfg, _), result in zip(todo, packed):
-            results.append((key, s, cfg, result, result.analysis.get("error")))
-    else:
-        for key, s, cfg, test in todo:
-            try:
-                train, filter_counts = _training_set(spec, point, test, facts, context.table, base_seed + s)
-                if cfg.method == "full":
-                    result = run_full_finetune(
-                        spec.model, train, test, base, cfg,
-                        use_gpu=spec.resources.gpu > 0 or "GPU" in spec.resources.full_ft_worker,
-                        resources_per_worker=spec.resources.full_ft_worker or None,
-                        storage_path=str(Path(spec.storage_path).resolve()), trial_id=key,
-                        wait_for_resources=spec.resources.expect_autoscaling, prompting=spec.prompting,
-                        max_failures=spec.failure.max_failures,
-                    )  # fmt: skip
-                else:
-                    result = run_trial(_resident(spec), train, test, base, cfg, trial_id=key, analyses=spec.analyses)
-                result.aggregates.update(filter_counts)
-                results.append((key, s, cfg, result, None))
-            except (RuntimeError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                results.append((key, s, cfg, _failed_result(key, cfg.model_dump(), test, test, error), error))
-                traceback.print_exc()
-
-    objective, logged = [], []
-    for key, s, cfg, result, error in results:
-        result.aggregates.setdefault("failed", 1.0 if error else 0.0)
-        logged.append((key, {**trial_params(spec, point, s, k, cfg.model_dump()), "phase": phase}, result, error))
-        if not error:
-            objective.append(result.aggregates.get(spec.objective, float("nan")))
-    ray.get(context.logger.record.remote(logged))
-    return {
-        spec.objective: float(np.nanmean(objective)) if np.isfinite(objective).any() else float("nan"),
-        "trials_run": float(len(results)),
-        "trials_skipped": float(len(samplings) - len(todo)),
-        "trials_failed": float(sum(1 for r in results if r[4])),
-    }
-
-
-def _tune_trainable(config: dict[str, Any], context: StudyContext) -> None:
-    try:
-        metrics = run_unit(config, context)
-    finally:
-        release_freed_memory()
-    tune.report(metrics)
-
-
-def release_freed_memory() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Tune runs each unit of a reused worker in a new thread, and glibc keeps the pages of a finished
-    thread's malloc arena: without this a worker's RSS grew by gigabytes per 100-fact unit until
-    Ray's memory monitor killed it (21 GB after nine units on a 24 GB machine)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def check_resources(spec: StudySpec) -> None:
@@ -299,24 +58,6 @@ def check_resources(spec: StudySpec) -> None:
                 f"no node of the Ray cluster can offer a {what}'s resources {bundle}; nodes offer {offered}. "
                 "Change `resources` in the spec, or set resources.expect_autoscaling if an autoscaler adds such nodes."
             )
-
-
-def study_facts(spec: StudySpec) -> tuple[FactSet, list[Fact]]:
-    """The dataset and the facts that need base-model rows: all of them when filtering, else those sampled."""
-    from raysem.data.datasets import load_facts
-    from raysem.data.sampling import sample_fact_sets
-
-    factset = load_facts(spec.dataset, limit=spec.data_limit)
-    if spec.filters():
-        return factset, factset.facts
-    used: dict[str, Fact] = {}
-    draws = [(k, spec.sampling.n_for(k), spec.sampling.seed) for k in spec.ks()]
-    if spec.search.confirm:
-        draws += [(k, spec.search.confirm.n_samplings, spec.search.confirm.seed) for k in spec.ks()]
-    for k, n, seed in draws:
-        for fact_set in sample_fact_sets(factset.facts, k, n, seed):
-            used.update((f.id, f) for f in fact_set)
-    return factset, list(used.values())
 
 
 class Progress(tune.Callback):
@@ -344,6 +85,8 @@ class Progress(tune.Callback):
         eta = f"{(self.total - self.done) / rate:,.0f}s" if rate > 0 else "?"
         note = f", {failed} failed in this unit" if failed else ""
         print(f"[raysem] trials {self.done}/{self.total}  {rate * 3600:,.0f}/h  ETA {eta}{note}", file=sys.stderr, flush=True)
+        unit = trial.config.get("unit", trial.config)
+        interrupt_at(unit.get("phase") or ("search" if "point" in trial.config else "grid"))
 
 
 @dataclass
@@ -378,51 +121,50 @@ def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
             dims[name] = tune.randint(*dim.randint)
     everything = list(range(spec.sampling.n_for(spec.sampling.k)))
     if spec.search.algorithm == "random":
-        return {"point": dims, "samplings": everything}, None, spec.search.num_samples
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # Seeded, so that a search started anew (its Tune run stopped before saving any state) draws the same points.
+        searcher = BasicVariantGenerator(random_state=spec.sampling.seed)
+        return {"point": dims, "samplings": everything}, searcher, spec.search.num_samples
     from ray.tune.search.optuna import OptunaSearch
 
     searcher = OptunaSearch(metric=spec.objective, mode=spec.search.mode, seed=spec.sampling.seed)
     return {"point": dims, "samplings": everything}, searcher, spec.search.num_samples
 
 
-def best_point(spec: StudySpec, results: tune.ResultGrid) -> dict[str, Any]:
-    """The searched point with the best objective (NaN results ignored); ties go to the first point in
-    sorted order, so a resumed study confirms the same point whatever order Tune restores trials in."""
-    sign = -1.0 if spec.search.mode == "max" else 1.0
-    scored = []
-    for result in results:
-        value = result.metrics.get(spec.objective, math.nan)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            point = dict(result.config.get("unit", result.config)["point"])
-            scored.append((sign * value, json.dumps(point, sort_keys=True, default=str), point))
-    if not scored:
-        raise RuntimeError(f"no search trial reported a finite {spec.objective}; there is no best point to confirm")
-    return min(scored, key=lambda item: item[:2])[2]
+def resolve_identity(spec: StudySpec, uri: str, identity: dict[str, Any], new_experiment: bool) -> tuple[StudySpec, str | None]:
+    """The spec to run and the fingerprint its trial keys carry, after comparing its identity with the one
+    recorded on every study run of its experiment: another identity is refused (SpecError naming the changed
+    fields), or with ``new_experiment`` the study runs as ``<name>-<fingerprint>`` in an experiment of that
+    name. An experiment whose study runs recorded no identity (made before identities) keeps its old keys."""
+    fp = fingerprint(identity)
+    try:
+        tracking.check_reachable(uri)
+        recorded = tracking.study_identities(uri, spec.experiment, IDENTITY_PARAM)
+    except tracking.TrackingUnavailable:
+        return spec, fp  # the keys still carry the fingerprint: nothing of another identity is skipped
+    if recorded and all(value is None for *_, value in recorded):
+        print(f"raysem: experiment {spec.experiment!r} was begun before study identities were recorded; its trials keep their keys")
+        return spec, None
+    for run_id, name, value in recorded:
+        if value is None or fingerprint(json.loads(value)) == fp:
+            continue
+        if new_experiment:
+            suffix = f"-{fp[:8]}"
+            renamed = spec.model_copy(update={"name": spec.name + suffix, "tracking": spec.tracking.model_copy(update={"experiment": spec.experiment + suffix})})
+            print(f"raysem: the spec differs from study run {name}; running it as study {renamed.name} in experiment {renamed.experiment!r}")
+            return resolve_identity(renamed, uri, identity, False)
+        changes = "; ".join(identity_changes(json.loads(value), identity))
+        raise SpecError(
+            f"{spec.name}: experiment {spec.experiment!r} holds study run {name} ({run_id}) of another identity; "
+            f"changed: {changes}. Its trials would be skipped as done: give the study a new name, or pass --new-experiment"
+        )
+    return spec, fp
 
 
-def confirmation_units(spec: StudySpec, best: dict[str, Any]) -> list[dict[str, Any]]:
-    """The best point and its baseline (γ = 0, λ = 0) on the confirmation samplings, paired by sampling."""
-    baseline = {**best, **{name: 0.0 for name in ("gamma", "filter_lambda") if name in best}}
-    points = [best] if baseline == best else [best, baseline]
-    samplings = list(range(spec.search.confirm.n_samplings))
-    size = spec.pack_size if packs(spec, best) else 1
-    blocks = [samplings[i : i + size] for i in range(0, len(samplings), size)]
-    return [{"point": p, "samplings": block, "phase": "confirm"} for p in points for block in blocks]
-
-
-def spec_params(spec: StudySpec) -> dict[str, Any]:
-    """The spec flattened into dotted params for the MLflow UI (``sampling.k``, ``sweep.gamma.grid``, …),
-    with every trial setting as it takes effect (``trial.lr``: the method's default when the spec gives none)."""
-    def flat(prefix: str, value: Any) -> dict[str, Any]:
-        if isinstance(value, dict):
-            return {k: v for key, item in value.items() for k, v in flat(f"{prefix}.{key}" if prefix else str(key), item).items()}
-        return {} if value is None else {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else value}
-
-    return {**flat("", spec.model_dump(exclude={"quick", "trial"})), **flat("trial", spec.trial_config().model_dump())}
-
-
-def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = False) -> StudyOutcome:
-    """Run (or resume) a study on the Ray cluster at ``address`` (local Ray when none), logging to MLflow."""
+def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = False, new_experiment: bool = False) -> StudyOutcome:
+    """Run (or resume) a study on the Ray cluster at ``address`` (local Ray when none), logging to MLflow;
+    ``new_experiment`` runs a spec whose identity differs from its experiment's under a new name instead of refusing it."""
     import ray
 
     from raysem.semantics.tables import distance_table, table_path
@@ -437,10 +179,12 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
     check_storage(spec.storage_path, hosts=cluster_hosts(), autoscaling=spec.resources.expect_autoscaling,
                   declared_shared=spec.storage_shared)  # fmt: skip
     uri = tracking.absolute_uri(spec.tracking.uri)
+    factset, needed = study_facts(spec)
+    identity = study_identity(spec, factset.sha256)
+    spec, fp = resolve_identity(spec, uri, identity, new_experiment)
     storage = Path(spec.storage_path).resolve()
     study_dir = storage / spec.name
     pending = storage / "pending" / spec.name
-    factset, needed = study_facts(spec)
     # The whole dataset's table when it is cached already (it covers every sampled fact), else only the facts used.
     whole = table_path(spec.model, factset, spec.prompting).is_file()
     source = factset if whole else FactSet(factset.name, factset.format, needed, factset.sha256)
@@ -461,7 +205,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
                     print(f"raysem: trials kept by the interrupted run: {logged} logged now, {already} were in MLflow already"
                           + (f"; not logged: {errors}" if errors else ""))  # fmt: skip
         else:
-            params = {"spec": spec.model_dump_json(), "objective": spec.objective, **spec_params(spec)}
+            params = {"spec": spec.model_dump_json(), "objective": spec.objective, **spec_params(spec),
+                      IDENTITY_PARAM: json.dumps(identity, sort_keys=True), "fingerprint": fp or ""}  # fmt: skip
             parent_id = tracking.start_study(uri, spec.experiment, spec.name, tags, params)
             study_dir.mkdir(parents=True, exist_ok=True)
             parent_file.write_text(parent_id)
@@ -469,7 +214,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         print(f"raysem: {exc}. Trial results are kept in {pending}; run `raysem sync` once the server is back.")
 
     logger = tracking.start_logger(uri, spec.experiment, parent_id, pending, tags)
-    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger)
+    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger, fp)
     trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources=spec.resources.bundle())
     total = count_trials(spec)
     progress = Progress(total)
@@ -485,8 +230,13 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
             results = _fit(tuner, _tune_trials(param_space, num_samples), stop)
             if spec.search.algorithm != "grid":
                 best = best_point(spec, results)
+                interrupt_at("search-end")
                 if spec.search.confirm:
                     _confirm(spec, best, trainable, storage, progress, resume, stop)
+            interrupt_at("end")
+            if stop.received:
+                raise StudyInterrupted("the study stopped (SIGINT) after its last phase, before it was marked "
+                                       "finished. Every trial is logged; rerun with --resume to finish it.")  # fmt: skip
         status = "FINISHED"
     finally:
         left = ray.get(logger.flush.remote())
@@ -514,10 +264,12 @@ def _tuner(
     shape = json.dumps({"space": param_space if searcher is None else spec.model_dump(include={"sweep", "search", "sampling", "exclude"}),
                         "num_samples": num_samples}, sort_keys=True, default=str)  # fmt: skip
     digest = hashlib.sha1(shape.encode()).hexdigest()
-    if resume and tune.Tuner.can_restore(str(folder)):
+    if resume and restorable(folder):
         same = stamp.is_file() and stamp.read_text() == digest
         if same or (searcher is not None and not stamp.is_file()):
-            return tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+            return tune.Tuner.restore(
+                str(folder), trainable, resume_unfinished=True, resume_errored=True, param_space=param_space
+            )
         if searcher is not None:
             raise SpecError(f"{spec.name}: the sweep, search or sampling changed since the interrupted run in {folder}; "
                             "a search resumes only as it started (start a new study name for the new search)")  # fmt: skip
@@ -539,6 +291,13 @@ def _tuner(
             verbose=0,
         ),
     )
+
+
+def restorable(folder: Path) -> bool:
+    """Whether ``folder`` holds a Tune run that saved its state. A Tuner pickles itself (without its
+    param space) as soon as it is made; one stopped before its first experiment checkpoint has no trials
+    to restore, and ``Tuner.restore`` would restart it with an empty config."""
+    return tune.Tuner.can_restore(str(folder)) and any(folder.glob("experiment_state-*.json"))
 
 
 def _confirm(

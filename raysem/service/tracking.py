@@ -97,6 +97,16 @@ def reopen_study(uri: str, run_id: str) -> None:
     _client(uri).update_run(run_id, status="RUNNING")
 
 
+def study_identities(uri: str, experiment: str, param: str) -> list[tuple[str, str, str | None]]:
+    """(run id, run name, the ``param`` recorded or None) of every study run of the experiment."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{ROLE}` = 'study'", max_results=5000)
+    return [(r.info.run_id, r.info.run_name, r.data.params.get(param)) for r in runs]
+
+
 def finished_trial_keys(uri: str, experiment: str) -> set[str]:
     """Trial keys that already have a FINISHED or FAILED child run in the experiment (not to be redone)."""
     return {run.data.tags[KEY] for run in search_trial_runs(uri, experiment, "attributes.status != 'RUNNING'") if KEY in run.data.tags and run.info.status in ("FINISHED", "FAILED")}
@@ -326,6 +336,18 @@ class TrialLogger:
         if self._done is None:
             self._done = with_retries(lambda: finished_trial_keys(self.uri, self.experiment), f"reading finished trials from {self.uri}")
         return [k for k in keys if k in self._done or (self.pending / k).is_dir()]
+
+    def metric_of(self, keys: list[str], metric: str) -> list[float]:
+        """``metric`` as logged by the finished run of each trial key (NaN where it has none): a unit that
+        resumes with trials done reports their objective, not only that of the trials it runs."""
+        def read() -> list[float]:
+            values = []
+            for key in keys:
+                runs = search_trial_runs(self.uri, self.experiment, f"tags.`{KEY}` = '{key}' and attributes.status = 'FINISHED'")
+                values.append(runs[0].data.metrics.get(metric, math.nan) if runs else math.nan)
+            return values
+
+        return with_retries(read, f"reading {metric} of finished trials from {self.uri}")
 
     def record(self, trials: list[tuple[str, dict[str, Any], TrialResult, str | None]]) -> bool:
         """Keep each (trial key, params, result, error) on this node's disk first, then log them in one

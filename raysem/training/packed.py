@@ -27,7 +27,7 @@ from raysem.models.loader import LoadedModel
 from raysem.semantics.embedding import AnswerEmbedder
 from raysem.semantics.evaluate import BaseRecord, check_base, evaluate_facts
 from raysem.semantics.loss import check_gamma, loss_weights, per_example_loss
-from raysem.training.config import TrialConfig
+from raysem.training.config import TrialConfig, check_packable
 from raysem.training.optim import build_optimizer
 from raysem.training.results import TrialResult, aggregate
 
@@ -190,30 +190,6 @@ def attach_packed_lora(
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layers[name])
     return PackedLora(model, layers, rows, len(seeds), requires_grad)
-
-
-PACK_SHARED_EXEMPT = ("seed", "gamma")
-"""The only config fields that may differ between the trials of one pack."""
-
-
-def check_packable(cfgs: Sequence[TrialConfig]) -> TrialConfig:
-    """The pack's shared config; ValueError naming the field where two trials differ, or a non-LoRA method."""
-    if not cfgs:
-        raise ValueError("a pack needs at least one trial config")
-    first = cfgs[0].model_dump(exclude=set(PACK_SHARED_EXEMPT))
-    for i, cfg in enumerate(cfgs[1:], start=1):
-        other = cfg.model_dump(exclude=set(PACK_SHARED_EXEMPT))
-        for key, value in first.items():
-            if other[key] != value:
-                raise ValueError(
-                    f"packed trials must share every setting but seed and gamma: "
-                    f"{key!r} is {value!r} in trial 0 but {other[key]!r} in trial {i}"
-                )
-    if cfgs[0].method != "lora":
-        raise ValueError(f"packed trials run LoRA only, not method {cfgs[0].method!r}")
-    if cfgs[0].dropout:
-        raise ValueError(f"packed trials need dropout 0 (per-trial dropout masks cannot match unpacked ones), got {cfgs[0].dropout}")
-    return cfgs[0]
 
 
 @dataclass

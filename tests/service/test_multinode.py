@@ -18,7 +18,8 @@ from conftest import REPO_ROOT, tiny_spec, trial_runs
 
 from raysem.ports import free_port
 from raysem.service.spec import load_spec
-from raysem.service.study import count_trials, run_study
+from raysem.service.planning import count_trials
+from raysem.service.study import run_study
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from raysem.service.spec import SpecError, load_spec
-from raysem.service.study import count_trials, expand_units, trial_key
+from raysem.service.planning import count_trials, expand_units, trial_key
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
@@ -38,13 +39,50 @@ def write(tmp_path: Path, data: dict) -> Path:
         ({"name": "s", "sampling": {"k": 1}, "filter": {"filter_mode": "filter", "replace": 0.5}}, "filter settings with k = 1"),
         ({"name": "s", "sampling": {"k": 10}, "sweep": {"k": {"grid": [1, 10]}, "filter_mode": {"grid": ["none", "random"]}}},
          "filter settings with k = 1"),
+        ({"name": "s", "sweep": {"lr": {"grid": ["fast"]}}}, "sweep.lr: Input should be a valid number"),
+        ({"name": "s", "sweep": {"steps": {"grid": [5, 0]}}}, "sweep.steps: Input should be greater than or equal to 1 (got 0)"),
+        ({"name": "s", "sweep": {"k": {"grid": [0]}}}, "sweep.k: set sizes must be integers >= 1, got 0"),
+        ({"name": "s", "sweep": {"k": {"grid": [2.5]}}}, "sweep.k"),
+        ({"name": "s", "search": {"algorithm": "optuna"}, "sweep": {"gamma": {"uniform": [2.0, 0.0]}}}, "sweep.gamma: "),
+        ({"name": "s", "search": {"algorithm": "random"}, "sweep": {"lr": {"loguniform": [0.0, 0.1]}}}, "loguniform bounds must be > 0"),
+        ({"name": "s", "search": {"algorithm": "random"}, "sweep": {"rank": {"randint": [8, 8]}}}, "sweep.rank: "),
+        ({"name": "s", "search": {"algorithm": "random"}, "sweep": {"rank": {"randint": [0, 8]}}}, "sweep.rank: Input should be greater"),
+        ({"name": "s", "sweep": {"gamma": {"grid": []}}}, "sweep.gamma: "),
+        ({"name": "s", "trial": {"dropout": 0.1}}, "pack_size: 8 packs single-fact LoRA trials, and packed trials need dropout 0"),
+        ({"name": "s", "sweep": {"dropout": {"grid": [0.0, 0.2]}}}, "dropout 0"),
+        ({"name": "s", "trial": {"steps": 5}, "quick": {"trial": {"steps": 0}}}, "with --quick: trial.steps: Input should be greater than or equal to 1 (got 0)"),
+        ({"name": "s", "quick": {"sampling": {"k": 0}}}, "with --quick: sampling.k"),
+        ({"name": "s", "trial": {"lr": float("nan")}}, "trial.lr: "),
+        ({"name": "s", "sweep": {"mean_min": {"grid": ["low"]}}}, "sweep.mean_min"),
+        ({"name": "s", "trial": {"rank": 8, "rnak": 4}}, "trial.rnak: Extra inputs are not permitted"),
+        ({"name": "s", "sweep": {"batch_size": {"grid": [0]}}, "sampling": {"k": 4}}, "sweep.batch_size"),
     ],
 )
 def test_spec_errors_name_field_and_value(tmp_path, data, needle):
+    """Each bad spec is refused at load, before Ray starts (so before any worker), naming its field."""
     with pytest.raises(SpecError) as err:
         load_spec(write(tmp_path, data))
     assert needle in str(err.value)
     assert "spec.yaml" in str(err.value)
+
+
+def test_spec_check_and_schema_commands(tmp_path):
+    """``raysem spec check`` exits 2 naming the field, or prints the trials and units; ``spec schema`` describes every field."""
+    from typer.testing import CliRunner
+
+    from raysem.cli.main import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["spec", "check", str(write(tmp_path, {"name": "s", "sweep": {"lr": {"grid": ["fast"]}}}))])
+    assert bad.exit_code == 2 and "sweep.lr" in bad.output and "'fast'" in bad.output
+    good = runner.invoke(app, ["spec", "check", str(JOBS / "reweight.yaml"), "--quick", "--set", "sampling.n_samplings=3"])
+    assert good.exit_code == 0, good.output
+    assert json.loads(good.output)["name"] == "reweight"
+    schema = json.loads(runner.invoke(app, ["spec", "schema"]).output)
+    trial = schema["$defs"]["TrialSettings"]["properties"]
+    assert "learning rate" in trial["lr"]["description"] and "pack_size" in schema["properties"]
+    undescribed = [name for name, field in trial.items() if not field.get("description")]
+    assert undescribed == [], undescribed
 
 
 def test_unreadable_spec_files(tmp_path):
@@ -111,9 +149,11 @@ def test_units_pack_single_fact_lora_and_count_trials(tmp_path):
 
 
 def test_trial_key_is_stable_and_distinguishes_points():
-    a = trial_key({"gamma": 1.0}, 3, 10)
-    assert a == trial_key({"gamma": 1.0}, 3, 10)
-    assert len({a, trial_key({"gamma": 0.0}, 3, 10), trial_key({"gamma": 1.0}, 4, 10), trial_key({"gamma": 1.0}, 3, 1)}) == 4
+    a = trial_key({"gamma": 1.0}, 3, 10, "f0")
+    assert a == trial_key({"gamma": 1.0}, 3, 10, "f0")
+    others = [trial_key({"gamma": 0.0}, 3, 10, "f0"), trial_key({"gamma": 1.0}, 4, 10, "f0"), trial_key({"gamma": 1.0}, 3, 1, "f0"),
+              trial_key({"gamma": 1.0}, 3, 10, "f1"), trial_key({"gamma": 1.0}, 3, 10, None)]  # fmt: skip
+    assert len({a, *others}) == 6
 
 
 STUDY_SPECS = sorted(p for p in JOBS.glob("*.yaml") if p.name != "distance_table.yaml")
@@ -136,11 +176,11 @@ def test_set_overrides_reach_the_spec_and_bad_ones_are_named():
 
     sets = ["sampling.n_samplings=20", "trial.lr=2e-3", "sweep.gamma.grid=[0, 1]", "tracking.experiment=repro"]
     spec = load_spec(Path("jobs/reweight.yaml").resolve(), overrides=parse_sets(sets))
-    assert (spec.sampling.n_samplings, spec.sampling.seed, spec.trial["lr"]) == (20, 3, 2e-3)
+    assert (spec.sampling.n_samplings, spec.sampling.seed, spec.trial.lr) == (20, 3, 2e-3)
     assert spec.sweep["gamma"].values() == [0, 1] and spec.experiment == "repro"
     with pytest.raises(SpecError, match=r"--set 'steps'.*FIELD=VALUE"):
         parse_sets(["steps"])
     with pytest.raises(SpecError, match=r"--set 'trial.lr.x=1'.*'lr' was already set"):
         parse_sets(["trial.lr=1", "trial.lr.x=1"])
-    with pytest.raises(SpecError, match=r"trial: lr: .*greater than 0"):
+    with pytest.raises(SpecError, match=r"trial\.lr: .*greater than 0"):
         load_spec(Path("jobs/reweight.yaml").resolve(), overrides=parse_sets(["trial.lr=-1"]))

@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, tiny_spec, trial_runs
+from conftest import tiny_spec, trial_runs
 
+from raysem.errors import SpecError
 from raysem.service.spec import load_spec
-from raysem.service.study import ResourceError, count_trials, run_study
+from raysem.service.interrupt import INTERRUPT_AT, StudyInterrupted
+from raysem.service.planning import count_trials
+from raysem.service.study import ResourceError, run_study
 
 pytestmark = pytest.mark.slow
-
-
-def interrupt_after_two_runs(command: list[str], cwd: Path, env: dict[str, str], spec) -> str:
-    """Start a study job, interrupt it (SIGINT to its process group) once two trial runs are logged, and
-    return its stderr; the job must exit with an error, not carry on as if its Tune run had finished."""
-    first = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2:
-        time.sleep(0.5)
-    assert first.poll() is None, "the study finished before it could be interrupted"
-    os.killpg(first.pid, signal.SIGINT)
-    _, stderr = first.communicate(timeout=120)
-    assert first.returncode != 0, stderr[-3000:]
-    return stderr
 
 
 @pytest.fixture(scope="module")
@@ -84,40 +71,118 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
     keys = [r.data.tags["raysem.trial_key"] for r in trial_runs(again.tracking_uri, spec.experiment)[1]]
     assert len(keys) == len(set(keys)) == count_trials(grown) == outcome.trials * 3 // 2
 
+    # the same name with another learning rate: refused before any trial, naming the field, or run apart
+    changed = load_spec(tiny_spec(tmp_path, tiny_model_dir, "tiny-study", trial={"method": "lora", "steps": 2, "lr": 2e-3}))
+    with pytest.raises(SpecError, match=r"holds study run tiny-study .* changed: trial\.lr: 0\.001 -> 0\.002\. Its trials would be skipped"):
+        run_study(changed)
+    apart = run_study(changed, new_experiment=True)
+    assert apart.experiment.startswith("tiny-study-") and apart.ran == outcome.trials
+    assert len(trial_runs(again.tracking_uri, spec.experiment)[1]) == len(keys), "nothing was added to the old experiment"
 
-def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_model_dir):
-    """An Optuna γ × λ search interrupted mid-search resumes without re-running or duplicating a trial; then
-    the best point and the baseline (γ = 0, λ = 0) run once on confirmation samplings, paired; the report
-    has a sweep section with the confirmed difference."""
-    import ray
 
+BOUNDARIES = ("search:1", "search-end", "confirm:1", "end")
+"""Where a search-then-confirm study is interrupted: during the search, between the search and its
+confirmation, during the confirmation, and before the study run is marked FINISHED."""
+
+
+def searched_spec(tmp_path: Path, model_dir: Path, algorithm: str):
+    """A γ search (SGD, so that γ acts on single facts) of two points, confirmed on two fresh samplings:
+    two search units, then the best point and its γ = 0 baseline, one packed unit each."""
+    return load_spec(tiny_spec(
+        tmp_path, model_dir, f"searched-{algorithm}", sampling={"k": 1, "n_samplings": 1, "seed": 0},
+        trial={"method": "lora", "steps": 2, "lr": 1e-3, "optimizer": "sgd"}, sweep={"gamma": {"uniform": [0.0, 2.0]}},
+        pack_size=2, report=False, search={"algorithm": algorithm, "num_samples": 2, "confirm": {"n_samplings": 2, "seed": 5}},
+    ))  # fmt: skip
+
+
+def study_state(spec) -> tuple[list[str], str]:
+    """The study's trial keys (sorted, duplicates kept) and its parent run's status; every trial run FINISHED."""
+    client, runs = trial_runs(spec.tracking.uri, spec.experiment)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"]).info.status
+    return sorted(r.data.tags["raysem.trial_key"] for r in runs), parent
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, local_ray):
+    """Per search algorithm: the trial keys and the confirmed point of the study run without interruption."""
+    out = {}
+    for algorithm in ("optuna", "random"):
+        spec = searched_spec(tmp_path_factory.mktemp(algorithm), tiny_model_dir, algorithm)
+        outcome = run_study(spec)
+        keys, parent = study_state(spec)
+        assert parent == "FINISHED" and len(keys) == len(set(keys)) == count_trials(spec) == 2 + 2 * 2
+        out[algorithm] = keys, outcome.best_point
+    return out
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_an_optuna_search_interrupted_at_any_boundary_resumes_to_the_same_study(
+    tmp_path, tiny_model_dir, local_ray, uninterrupted, monkeypatch, boundary
+):
+    """Interrupted (SIGINT, through the driver's test hook) at one boundary, then resumed: every search and
+    confirmation trial exactly once, the same confirmed point as without the interruption, the study FINISHED.
+    (A confirmation Tune run stopped before its first checkpoint was restored with an empty config; a search
+    unit run again after the interruption reported NaN for its done trials, which moved the best point.)"""
+    spec = searched_spec(tmp_path, tiny_model_dir, "optuna")
+    monkeypatch.setenv(INTERRUPT_AT, boundary)
+    with pytest.raises(StudyInterrupted, match="rerun with --resume"):
+        run_study(spec)
+    assert INTERRUPT_AT not in os.environ, "the hook fired"
+    keys, parent = study_state(spec)
+    assert parent == "KILLED" and len(keys) < len(uninterrupted["optuna"][0]) + (boundary == "end")
+
+    outcome = run_study(spec, resume=True)
+    assert study_state(spec) == (uninterrupted["optuna"][0], "FINISHED")
+    assert outcome.best_point == uninterrupted["optuna"][1]
+    assert outcome.ran == len(uninterrupted["optuna"][0]) - len(keys)
+
+
+def test_a_random_search_interrupted_at_every_boundary_in_turn_resumes_to_the_same_study(
+    tmp_path, tiny_model_dir, local_ray, uninterrupted, monkeypatch
+):
+    """The same for a (seeded) random search, interrupted at each boundary in turn, resumed after each."""
+    spec = searched_spec(tmp_path, tiny_model_dir, "random")
+    for i, boundary in enumerate(BOUNDARIES):
+        monkeypatch.setenv(INTERRUPT_AT, boundary)
+        with pytest.raises(StudyInterrupted, match="rerun with --resume"):
+            run_study(spec, resume=i > 0)
+        assert INTERRUPT_AT not in os.environ and study_state(spec)[1] == "KILLED", boundary
+    outcome = run_study(spec, resume=True)
+    assert study_state(spec) == (uninterrupted["random"][0], "FINISHED")
+    assert outcome.best_point == uninterrupted["random"][1] and outcome.ran == 0
+
+
+def test_a_search_job_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_model_dir, local_ray, monkeypatch, capsys):
+    """The job entry point: an Optuna γ × λ search of filtered 3-fact sets, interrupted mid-search, exits 130
+    and resumes; the best point and the baseline (γ = 0, λ = 0) run once on confirmation samplings, paired;
+    a changed search is refused on resume; the report has a sweep section with the confirmed difference."""
     from raysem.report.build import build_report
+    from raysem.service.job import job_main
 
-    ray.shutdown()
     path = tiny_spec(
         tmp_path, tiny_model_dir, "searched", sampling={"k": 3, "n_samplings": 1, "seed": 0}, sweep={
             "gamma": {"uniform": [0.0, 2.0]}, "filter_lambda": {"uniform": [0.0, 4.0]}},
         filter={"filter_mode": "filter", "replace": 0.5}, report=False,
-        search={"algorithm": "optuna", "num_samples": 4, "confirm": {"n_samplings": 2, "seed": 5}},
+        search={"algorithm": "optuna", "num_samples": 3, "confirm": {"n_samplings": 2, "seed": 5}},
     )  # fmt: skip
     spec = load_spec(path)
     assert spec.objective == "trained_accuracy"
-    command = [sys.executable, str(REPO_ROOT / "jobs" / "gamma_lambda_sweep.py"), "--spec", str(path)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    stderr = interrupt_after_two_runs(command, tmp_path, env, spec)
-    assert "rerun with --resume" in stderr, stderr[-3000:]
+    monkeypatch.setenv(INTERRUPT_AT, "search:2")
+    assert job_main(argv=["--spec", str(path)]) == 130
+    assert "rerun with --resume" in capsys.readouterr().err
     client, runs = trial_runs(spec.tracking.uri, spec.experiment)
-    assert len(runs) < count_trials(spec)
+    assert len(runs) == 2
     assert client.get_run(runs[0].data.tags["mlflow.parentRunId"]).info.status == "KILLED"
 
-    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "best point by trained_accuracy" in resumed.stdout and "confirmed with the baseline on 2 fresh samplings" in resumed.stdout
+    assert job_main(argv=["--spec", str(path), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "best point by trained_accuracy" in out and "confirmed with the baseline on 2 fresh samplings" in out
     runs = trial_runs(spec.tracking.uri, spec.experiment)[1]
     keys = [r.data.tags["raysem.trial_key"] for r in runs]
     assert len(keys) == len(set(keys)) and all(r.info.status == "FINISHED" for r in runs)
     phases = pd.Series([r.data.params["phase"] for r in runs]).value_counts().to_dict()
-    assert phases == {"search": 4 * 1, "confirm": 2 * 2}
+    assert phases == {"search": 3 * 1, "confirm": 2 * 2}
     confirm = [r for r in runs if r.data.params["phase"] == "confirm"]
     points = {(r.data.params["gamma"], r.data.params["filter_lambda"]) for r in confirm}
     assert ("0.0", "0.0") in points and len(points) == 2
@@ -125,10 +190,8 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
     assert all("trained_accuracy" in r.data.metrics and "retained_accuracy" in r.data.metrics for r in runs)
     assert client.get_run(runs[0].data.tags["mlflow.parentRunId"]).info.status == "FINISHED"
 
-    again = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
-    assert again.returncode == 0 and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) == len(runs), "confirmation runs once"
-    changed = subprocess.run(command + ["--resume", "--set", "search.num_samples=6"], cwd=tmp_path, env=env, timeout=600, capture_output=True, text=True)
-    assert changed.returncode == 2 and "a search resumes only as it started" in changed.stderr, changed.stderr[-3000:]
+    assert job_main(argv=["--spec", str(path), "--resume", "--set", "search.num_samples=6"]) == 2
+    assert "a search resumes only as it started" in capsys.readouterr().err
 
     summary = build_report(spec.experiment, tracking_uri=spec.tracking.uri, out_dir=tmp_path / "report", log_to_mlflow=False)
     assert "sweep" in summary.sections and "sweep" in summary.figures
@@ -139,7 +202,8 @@ def test_optuna_search_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_m
 def test_sigint_stops_the_running_tune_run_and_the_study():
     """The first SIGINT goes to the running Tune run's stop handler (SIGUSR1) and is remembered, so that no
     later phase starts; a second SIGINT interrupts at once."""
-    from raysem.service.study import StopOnSigint, StudyInterrupted, _fit
+    from raysem.service.interrupt import StopOnSigint
+    from raysem.service.study import _fit
 
     stopped = []
     outside = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup
@@ -163,7 +227,7 @@ def test_best_point_breaks_ties_the_same_way_in_any_trial_order(tmp_path, tiny_m
     """A resumed search restores its trials in another order; the confirmed point must not change."""
     from types import SimpleNamespace
 
-    from raysem.service.study import best_point
+    from raysem.service.planning import best_point
 
     spec = load_spec(tiny_spec(tmp_path, tiny_model_dir, "ties", sweep={"gamma": {"uniform": [0.0, 2.0]}},
                                search={"algorithm": "optuna", "num_samples": 3}))  # fmt: skip

@@ -17,7 +17,8 @@ from raysem.semantics.evaluate import base_records, evaluate_facts
 from raysem.semantics.loss import per_example_loss, reweighted_loss
 from raysem.training.config import TrialConfig
 from raysem.training.optim import build_optimizer
-from raysem.training.packed import attach_packed_lora, check_packable, evaluate_packed, run_packed_trials, train_packed
+from raysem.training.config import check_packable
+from raysem.training.packed import attach_packed_lora, evaluate_packed, run_packed_trials, train_packed
 
 FACTS = [
     Fact(

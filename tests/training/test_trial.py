@@ -335,7 +335,7 @@ def test_filtered_training_set_trains_on_k_star_and_tests_on_k(resident):
     import pandas as pd
 
     from raysem.service.spec import StudySpec
-    from raysem.service.study import _training_set
+    from raysem.service.unit import _training_set
 
     facts = _facts()
     test = facts[:4]
