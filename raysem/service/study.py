@@ -124,7 +124,7 @@ def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # Seeded, so that a search started anew (its Tune run stopped before saving any state) draws the same points.
-        searcher = BasicVariantGenerator(random_state=spec.sampling.seed)
+        searcher = BasicVariantGenerator(random_state=spec.sampling.seed, max_concurrent=spec.max_concurrent)
         return {"point": dims, "samplings": everything}, searcher, spec.search.num_samples
     from ray.tune.search.optuna import OptunaSearch
 
@@ -281,7 +281,9 @@ def _tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            num_samples=num_samples, max_concurrent_trials=spec.max_concurrent, reuse_actors=True, search_alg=searcher
+            num_samples=num_samples, reuse_actors=True, search_alg=searcher,
+            # a random search's variant generator limits its own concurrency (Tune ignores this one for it)
+            max_concurrent_trials=None if spec.search.algorithm == "random" else spec.max_concurrent,
         ),
         run_config=tune.RunConfig(
             name=folder.name,
