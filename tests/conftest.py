@@ -26,6 +26,37 @@ def shared_file(relative: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts down, at the end of the session, the local Ray that ``ray_runtime`` started."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture()
+def ray_runtime(_ray_session):
+    """One local Ray (4 CPUs, its own dashboard) shared by every test that runs in-process on Ray; started
+    on first use, and again if a test (the simulated cluster's) shut it down. Ray Train's placement-group
+    cleaner asks the state API whether a run's controller is alive; without an explicit API address it
+    picks the machine's latest `ray start` cluster, which may be another's: RAY_API_SERVER_ADDRESS pins it."""
+    ensure_ray()
+    yield
+
+
+def ensure_ray() -> None:
+    """``ray_runtime``'s local Ray, for fixtures of a wider scope (call it with ``_ray_session`` requested)."""
+    import ray
+
+    from raysem.ports import free_port
+
+    if not ray.is_initialized():
+        port = free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
+
+
+@pytest.fixture(scope="session")
 def smol():
     """The embedded SmolLM2-135M-Instruct (pulled on first use)."""
     from raysem.models.loader import load_model

@@ -1,11 +1,14 @@
-"""Stopping a study: the first SIGINT ends the running Tune run and the study (``--resume`` goes on), and a
-test hook that lands that SIGINT at a named boundary, so that tests interrupt where they mean to."""
+"""Stopping a study: the first SIGINT ends the running Tune run and the study (``--resume`` goes on); and two
+test hooks, so that tests interrupt where they mean to: a SIGINT landed at a named boundary, and a barrier
+that holds units while a test acts."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -57,3 +60,27 @@ def interrupt_at(boundary: str) -> None:
         del os.environ[INTERRUPT_AT]
         _reported.clear()
         os.kill(os.getpid(), signal.SIGINT)
+
+
+BARRIER = "RAYSEM_UNIT_BARRIER"
+
+
+def wait_at_barrier(folder: str | None) -> None:
+    """Test hook: with ``$RAYSEM_UNIT_BARRIER`` naming a folder on the driver (handed to every unit through its
+    context), each unit takes the next ticket (a file ``unit-<n>``, created exclusively); the first ``pass``
+    units (a number in the folder's ``pass`` file) go on, the others wait for a ``release`` file, so that a test
+    acts (loses a node, say) while a known number of units has finished and the next one is running."""
+    if not folder:
+        return
+    root = Path(folder)
+    ticket = 0
+    while True:
+        try:
+            os.close(os.open(root / f"unit-{ticket}", os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            ticket += 1
+    if ticket < int((root / "pass").read_text()):
+        return
+    while not (root / "release").exists():
+        time.sleep(0.1)

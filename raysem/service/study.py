@@ -21,7 +21,7 @@ from raysem.data.facts import FactSet
 from raysem.errors import SpecError
 from raysem.service import tracking
 from raysem.service.identity import IDENTITY_PARAM, fingerprint, identity_changes, study_identity
-from raysem.service.interrupt import StopOnSigint, StudyInterrupted, interrupt_at
+from raysem.service.interrupt import BARRIER, StopOnSigint, StudyInterrupted, interrupt_at
 from raysem.service.local_ray import init_local_ray
 from raysem.service.planning import best_point, confirmation_units, count_trials, expand_units, spec_params, study_facts
 from raysem.service.spec import StudySpec
@@ -214,7 +214,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         print(f"raysem: {exc}. Trial results are kept in {pending}; run `raysem sync` once the server is back.")
 
     logger = tracking.start_logger(uri, spec.experiment, parent_id, pending, tags)
-    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger, fp)
+    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger, fp, os.environ.get(BARRIER))
     trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources=spec.resources.bundle())
     total = count_trials(spec)
     progress = Progress(total)

@@ -14,6 +14,7 @@ import pandas as pd
 from ray import tune
 
 from raysem.data.facts import Fact
+from raysem.service.interrupt import wait_at_barrier
 from raysem.service.planning import trial_key, trial_params
 from raysem.service.spec import FILTER_FIELDS, StudySpec
 from raysem.training.results import TrialResult
@@ -30,6 +31,8 @@ class StudyContext:
     """Handle of the ``tracking.TrialLogger`` actor on the driver's node."""
     fingerprint: str | None
     """The study's identity fingerprint (``raysem.service.identity``), part of every trial key."""
+    barrier: str | None = None
+    """Test hook: the folder of ``interrupt.wait_at_barrier`` (``$RAYSEM_UNIT_BARRIER`` on the driver)."""
 
 
 _WORKER: dict[str, Any] = {}
@@ -96,6 +99,7 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
 
     keyed = {**point, "phase": "confirm"} if phase == "confirm" else point
     keys = {s: trial_key(keyed, s, k, context.fingerprint) for s in samplings}
+    wait_at_barrier(context.barrier)
     done = set(ray.get(context.logger.done_among.remote(list(keys.values()))))
     base_seed = spec.trial_config().seed
     todo = [(keys[s], s, spec.point_config(point, seed=base_seed + s), sets[s]) for s in samplings if keys[s] not in done]

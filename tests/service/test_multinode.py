@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO_ROOT, tiny_spec, trial_runs
 
 from raysem.ports import free_port
+from raysem.service.interrupt import BARRIER
 from raysem.service.spec import load_spec
 from raysem.service.planning import count_trials
 from raysem.service.study import run_study
@@ -84,15 +85,19 @@ def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir
         tmp_path, tiny_model_dir, "preempted", sampling={"k": 2, "n_samplings": 8, "seed": 1}, failure={"max_failures": 3},
     )  # fmt: skip
     spec = load_spec(path)
-    env = {**os.environ, "RAY_ADDRESS": sim.address}
+    barrier = tmp_path / "barrier"  # two units finish, the third waits (running on the pool node) for the release
+    barrier.mkdir()
+    (barrier / "pass").write_text("2")
+    env = {**os.environ, "RAY_ADDRESS": sim.address, BARRIER: str(barrier)}
     command = [sys.executable, str(REPO_ROOT / "jobs" / "reweight.py"), "--spec", str(path)]
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(trial_runs(spec.tracking.uri, spec.experiment)[1]) < 2 and job.poll() is None:
-        time.sleep(0.5)
-    logged = len(trial_runs(spec.tracking.uri, spec.experiment)[1])
-    assert job.poll() is None and 2 <= logged < count_trials(spec), "the node must go while the study runs"
+    while time.time() < deadline and not (barrier / "unit-2").exists() and job.poll() is None:
+        time.sleep(0.2)
+    assert job.poll() is None and (barrier / "unit-2").exists(), "the third unit waits at the barrier"
+    assert len(trial_runs(spec.tracking.uri, spec.experiment)[1]) == 2, "two units' trials are logged before the loss"
     replace_node(sim, nodes, "pool")
+    (barrier / "release").touch()
     _, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-3000:]
     counts = [int(m) for m in re.findall(r"\[raysem\] trials (\d+)/", stderr)]

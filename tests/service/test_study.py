@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_spec, trial_runs
+from conftest import ensure_ray, tiny_spec, trial_runs
 
 from raysem.errors import SpecError
 from raysem.service.spec import load_spec
@@ -20,13 +20,9 @@ from raysem.service.study import ResourceError, run_study
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
+@pytest.fixture()
+def local_ray(ray_runtime):
+    """The shared local Ray (``conftest.ray_runtime``)."""
 
 
 def test_missing_resources_fail_before_any_trial(tmp_path, tiny_model_dir, local_ray):
@@ -104,8 +100,9 @@ def study_state(spec) -> tuple[list[str], str]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir, local_ray):
+def uninterrupted(tmp_path_factory, tiny_model_dir, _ray_session):
     """Per search algorithm: the trial keys and the confirmed point of the study run without interruption."""
+    ensure_ray()
     out = {}
     for algorithm in ("optuna", "random"):
         spec = searched_spec(tmp_path_factory.mktemp(algorithm), tiny_model_dir, algorithm)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import socket
 
 import pytest
 import torch
@@ -84,26 +82,10 @@ def test_shard_losses_average_to_the_batch_mean_loss(tiny, world_size):
         assert shards[3].item() == 0.0  # three facts over four ranks: the last rank only joins the collectives
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """A local Ray with its own dashboard. Ray Train's placement-group cleaner asks the state API whether
-    the run's controller is alive; without an explicit API address it picks the machine's latest
-    `ray start` cluster, which on a shared machine may be another cluster that reports the controller
-    missing and tears the run down. RAY_API_SERVER_ADDRESS, inherited by every Ray process, pins it."""
-    import ray
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    previous = os.environ.get("RAY_API_SERVER_ADDRESS")
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
-    yield tmp_path_factory.mktemp("ray-storage")
-    ray.shutdown()
-    if previous is None:
-        del os.environ["RAY_API_SERVER_ADDRESS"]
-    else:
-        os.environ["RAY_API_SERVER_ADDRESS"] = previous
+@pytest.fixture()
+def local_ray(ray_runtime, tmp_path):
+    """The shared local Ray, and a storage folder for the run."""
+    return tmp_path / "ray-storage"
 
 
 @pytest.fixture(scope="module")
