@@ -18,14 +18,13 @@ from raysem.paths import raysem_home
 from raysem.semantics.evaluate import base_records
 from raysem.semantics.tables import (
     COLUMNS,
-    SpecError,
     base_lookup,
     distance_table,
     load_distance_table,
-    load_spec,
     summary,
     write_table,
 )
+from raysem.service.spec import DistanceTableSpec, SpecError, load_spec
 
 ZSRE = "zsre/zsre_mend_eval_1037.json"
 
@@ -179,24 +178,24 @@ def test_load_errors(tmp_path):
 
 
 def test_job_spec_validation(tmp_path):
-    spec = load_spec(REPO_ROOT / "jobs" / "distance_table.yaml")
+    spec = load_spec(REPO_ROOT / "jobs" / "distance_table.yaml", kind=DistanceTableSpec)
     assert spec.dataset == "zsre" and spec.actors >= 1 and spec.limit is None
     cases = {
         "dataset: zsre\nactors: 0\n": "actors: Input should be greater than or equal to 1",
         "dataset: zsre\nbatchsize: 8\n": "batchsize: Extra inputs are not permitted",
         "model: m\n": "dataset: Field required",
         "dataset: zsre\nlimit: many\n": "limit: Input should be a valid integer",
-        "- a\n- b\n": "expected a mapping of settings, got list",
+        "- a\n- b\n": "a spec is a mapping of fields, got list",
         "dataset: [zsre\n": "not valid YAML",
     }
     for text, message in cases.items():
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(SpecError) as info:
-            load_spec(bad)
+            load_spec(bad, kind=DistanceTableSpec)
         assert str(bad) in str(info.value) and message in str(info.value), text
-    with pytest.raises(SpecError, match="cannot read spec"):
-        load_spec(tmp_path / "none.yaml")
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "none.yaml", kind=DistanceTableSpec)
 
 
 @pytest.mark.slow
