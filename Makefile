@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.raysem-installed
 
-.PHONY: setup study test bench
+.PHONY: setup study test lint bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,13 @@ setup: $(STAMP)
 study: setup
 	$(VENV)/bin/python jobs/quick_study.py --spec jobs/quick_study.yaml
 
-test: setup
+# Lint (ruff: lint and format; mypy) is part of the test command, so CI enforces it.
+lint: setup
+	$(VENV)/bin/ruff check raysem tests jobs benchmarks
+	$(VENV)/bin/ruff format --check raysem tests jobs benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 bench: setup

@@ -19,9 +19,9 @@ import time
 
 import torch
 
+from raysem.bench.training import bench_config, bench_facts
 from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.loader import load_model
-from raysem.training.bench import bench_config, bench_facts
 from raysem.training.config import TrialConfig
 from raysem.training.packed import attach_packed_lora, train_packed
 from raysem.training.trial import ResidentModel
@@ -44,7 +44,9 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--pack-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4, help="steps of each timed pack")
-    parser.add_argument("--trial-steps", type=int, default=TrialConfig().steps, help="steps of a real trial, for the break-even count")
+    parser.add_argument(
+        "--trial-steps", type=int, default=TrialConfig().steps, help="steps of a real trial, for the break-even count"
+    )
     args = parser.parse_args()
 
     lm = load_model(args.model)
@@ -75,9 +77,11 @@ def main() -> None:
         "break_even_trials": compile_s / saved_per_trial if saved_per_trial > 0 else None,
         "max_relative_loss_gap": gap,
     }
-    print(f"K={args.pack_size}, {summary['threads']} threads: eager {eager_step:.2f} s a pack step, compiled {compiled_step:.2f} s "
-          f"({summary['step_speedup']:.3f}×); compiling took {compile_s:.0f} s, repaid after "
-          f"{summary['break_even_trials'] or float('inf'):,.0f} trials of {args.trial_steps} steps; loss gap {gap:.1e}")  # fmt: skip
+    print(
+        f"K={args.pack_size}, {summary['threads']} threads: eager {eager_step:.2f} s a pack step, compiled {compiled_step:.2f} s "
+        f"({summary['step_speedup']:.3f}×); compiling took {compile_s:.0f} s, repaid after "
+        f"{summary['break_even_trials'] or float('inf'):,.0f} trials of {args.trial_steps} steps; loss gap {gap:.1e}"
+    )
     print(json.dumps(summary))
 
 

@@ -46,7 +46,9 @@ def main() -> None:
     pool_ids = [f"s{i}" for i in range(args.pool)]
     common = dict(replace=args.replace, lam=args.lam)
 
-    greedy_s, greedy = _median_time(lambda: greedy_filter(train_ids, train_dist, pool_ids, pool_dist, **common), args.repeats)
+    greedy_s, greedy = _median_time(
+        lambda: greedy_filter(train_ids, train_dist, pool_ids, pool_dist, **common), args.repeats
+    )
     bounds = dict(mean_min=args.mean_min, mean_max=args.mean_max)
     bounded_s, bounded = _median_time(
         lambda: greedy_filter(train_ids, train_dist, pool_ids, pool_dist, **common, **bounds), args.repeats

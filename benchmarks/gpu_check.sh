@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of packed LoRA trials (raysem/training/gpu_check.py): bf16 matmul peak, naive / resident /
+# The GPU check of packed LoRA trials (raysem/bench/gpu_check.py): bf16 matmul peak, naive / resident /
 # packed trials per hour and MFU on the embedded model's shape, a packed step on a 7B-shaped Llama, and a
 # DeepSpeed ZeRO-2 step when deepspeed imports. One table, then one JSON line. Under 8 minutes on one GPU.
 #
@@ -23,7 +23,7 @@ WHEELS=(pydantic pydantic-core annotated-types typing-inspection typing-extensio
 
 if [[ "${1:-}" == "--prepare" ]]; then
     mkdir -p "$DIR/wheels"
-    PYTHONPATH="$ROOT" "$PY" -m raysem.training.gpu_check --prepare --folder "$DIR"
+    PYTHONPATH="$ROOT" "$PY" -m raysem.bench.gpu_check --prepare --folder "$DIR"
     # the versions installed here, as cp312 / pure-Python wheels
     pins=$("$PY" -c 'import importlib.metadata as m, sys; print(" ".join(f"{d}=={m.version(d)}" for d in sys.argv[1:]))' "${WHEELS[@]}")
     # shellcheck disable=SC2086
@@ -42,4 +42,4 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -m raysem.training.gpu_check --folder "$DIR" "$@"
+"$PY" -m raysem.bench.gpu_check --folder "$DIR" "$@"

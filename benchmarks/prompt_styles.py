@@ -27,12 +27,20 @@ def measure(model: str, datasets: list[str], styles: list[str], facts: int) -> l
             start = time.perf_counter()
             frame, path = distance_table(model, dataset, limit=facts, prompting=Prompting(style), progress=False)  # type: ignore[arg-type]
             stats = summary(frame)
-            rows.append({
-                "dataset": dataset, "style": style, "facts": stats["count"],
-                "preface": stats["preface"] / stats["count"], "empty": stats["empty"] / stats["count"],
-                "mean": stats["mean"], "sd": stats["std"], "train_tokens": stats["train_tokens"],
-                "seconds": round(time.perf_counter() - start, 1), "table": str(path),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "style": style,
+                    "facts": stats["count"],
+                    "preface": stats["preface"] / stats["count"],
+                    "empty": stats["empty"] / stats["count"],
+                    "mean": stats["mean"],
+                    "sd": stats["std"],
+                    "train_tokens": stats["train_tokens"],
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "table": str(path),
+                }
+            )
     for row in rows:
         chat = next((r for r in rows if r["dataset"] == row["dataset"] and r["style"] == "chat"), None)
         row["tokens_vs_chat"] = row["train_tokens"] / chat["train_tokens"] if chat else float("nan")
@@ -47,11 +55,15 @@ def main() -> None:
     parser.add_argument("--styles", nargs="+", default=list(PROMPT_STYLES), choices=PROMPT_STYLES)
     args = parser.parse_args()
     rows = measure(args.model, args.datasets, args.styles, args.facts)
-    print("| dataset | style | facts | sentence preface | empty | target distance mean (sd) | tokens / training sequence | × chat |")
+    print(
+        "| dataset | style | facts | sentence preface | empty | target distance mean (sd) | tokens / training sequence | × chat |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['style']} | {r['facts']} | {r['preface']:.1%} | {r['empty']:.1%} | "
-              f"{r['mean']:.3f} ({r['sd']:.3f}) | {r['train_tokens']:.1f} | {r['tokens_vs_chat']:.2f} |")  # fmt: skip
+        print(
+            f"| {r['dataset']} | {r['style']} | {r['facts']} | {r['preface']:.1%} | {r['empty']:.1%} | "
+            f"{r['mean']:.3f} ({r['sd']:.3f}) | {r['train_tokens']:.1f} | {r['tokens_vs_chat']:.2f} |"
+        )
     print(json.dumps({"model": args.model, "rows": rows}))
 
 

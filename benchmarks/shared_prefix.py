@@ -35,7 +35,12 @@ from raysem.training.methods import attach
 
 
 def evaluation(lm, facts, batch_size: int) -> dict:
-    rows = [q for f in facts for kind in ANSWER_KINDS for q in fact_questions(lm, f, lm.answer_budget(f.prompt, f.target), kind)]
+    rows = [
+        q
+        for f in facts
+        for kind in ANSWER_KINDS
+        for q in fact_questions(lm, f, lm.answer_budget(f.prompt, f.target), kind)
+    ]
     questions, budgets = [q for q, _ in rows], [b for _, b in rows]
     seconds, answers = {}, {}
     with torch.no_grad():
@@ -44,8 +49,13 @@ def evaluation(lm, facts, batch_size: int) -> dict:
             answers[share] = greedy_answers(lm, questions, budgets, batch_size, share_prefix=share)
             seconds[share] = time.perf_counter() - start
     same = sum(a.raw == b.raw for a, b in zip(answers[False], answers[True]))
-    return {"questions": len(questions), "whole_s": seconds[False], "shared_s": seconds[True],
-            "speedup": seconds[False] / seconds[True], "identical_answers": same}  # fmt: skip
+    return {
+        "questions": len(questions),
+        "whole_s": seconds[False],
+        "shared_s": seconds[True],
+        "speedup": seconds[False] / seconds[True],
+        "identical_answers": same,
+    }
 
 
 def training(lm, facts, steps: int, batch_size: int) -> dict:
@@ -58,16 +68,26 @@ def training(lm, facts, steps: int, batch_size: int) -> dict:
             losses[share] = []
             start = time.perf_counter()
             for batch_facts in batches:
-                batch = encode_targets(lm, [f.prompt for f in batch_facts], [f.target for f in batch_facts], share_prefix=share)
-                loss = reweighted_loss(target_logits(lm.model, batch), batch.labels, [0.5] * len(batch_facts), 0.0, reduction="mean")
+                batch = encode_targets(
+                    lm, [f.prompt for f in batch_facts], [f.target for f in batch_facts], share_prefix=share
+                )
+                loss = reweighted_loss(
+                    target_logits(lm.model, batch), batch.labels, [0.5] * len(batch_facts), 0.0, reduction="mean"
+                )
                 loss.backward()
                 for p in params:
                     p.grad = None
                 losses[share].append(loss.item())
             seconds[share] = time.perf_counter() - start
     gap = max(abs(a - b) / abs(a) for a, b in zip(losses[False], losses[True]))
-    return {"steps": steps, "batch_size": batch_size, "whole_s": seconds[False], "shared_s": seconds[True],
-            "speedup": seconds[False] / seconds[True], "max_relative_loss_gap": gap}  # fmt: skip
+    return {
+        "steps": steps,
+        "batch_size": batch_size,
+        "whole_s": seconds[False],
+        "shared_s": seconds[True],
+        "speedup": seconds[False] / seconds[True],
+        "max_relative_loss_gap": gap,
+    }
 
 
 def main() -> None:
@@ -84,16 +104,24 @@ def main() -> None:
     facts = load_facts(args.dataset, limit=args.facts).facts
     ids = [lm.tokenizer(lm.format_prompt(f.prompt), add_special_tokens=False)["input_ids"] for f in facts]
     summary = {
-        "model": lm.name, "dataset": args.dataset, "facts": len(facts), "prompt_tokens_mean": sum(map(len, ids)) / len(ids),
-        "shared_prefix_tokens": shared_prefix_length(ids), "evaluation": evaluation(lm, facts, args.eval_batch_size),
+        "model": lm.name,
+        "dataset": args.dataset,
+        "facts": len(facts),
+        "prompt_tokens_mean": sum(map(len, ids)) / len(ids),
+        "shared_prefix_tokens": shared_prefix_length(ids),
+        "evaluation": evaluation(lm, facts, args.eval_batch_size),
         "training": training(lm, facts, args.steps, args.batch_size),
-    }  # fmt: skip
+    }
     ev, tr = summary["evaluation"], summary["training"]
     print(f"shared prefix: {summary['shared_prefix_tokens']} of {summary['prompt_tokens_mean']:.0f} prompt tokens")
-    print(f"evaluation, {ev['questions']} questions: {ev['whole_s']:.1f} s whole prompts, {ev['shared_s']:.1f} s shared prefix, "
-          f"{ev['speedup']:.2f}x; {ev['identical_answers']}/{ev['questions']} answers identical")  # fmt: skip
-    print(f"training, {tr['steps']} LoRA steps of {tr['batch_size']} facts: {tr['whole_s']:.1f} s whole prompts, "
-          f"{tr['shared_s']:.1f} s shared prefix, {tr['speedup']:.2f}x; losses agree to {tr['max_relative_loss_gap']:.1e}")  # fmt: skip
+    print(
+        f"evaluation, {ev['questions']} questions: {ev['whole_s']:.1f} s whole prompts, {ev['shared_s']:.1f} s shared prefix, "
+        f"{ev['speedup']:.2f}x; {ev['identical_answers']}/{ev['questions']} answers identical"
+    )
+    print(
+        f"training, {tr['steps']} LoRA steps of {tr['batch_size']} facts: {tr['whole_s']:.1f} s whole prompts, "
+        f"{tr['shared_s']:.1f} s shared prefix, {tr['speedup']:.2f}x; losses agree to {tr['max_relative_loss_gap']:.1e}"
+    )
     print(json.dumps(summary))
 
 

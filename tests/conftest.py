@@ -13,7 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ["RAYSEM_DATA"]).expanduser() if os.environ.get("RAYSEM_DATA") else REPO_ROOT.parent / "shared" / "data"
+SHARED_DATA = (
+    Path(os.environ["RAYSEM_DATA"]).expanduser()
+    if os.environ.get("RAYSEM_DATA")
+    else REPO_ROOT.parent / "shared" / "data"
+)
 """The real dataset copies: ``$RAYSEM_DATA`` when set, else ``../shared/data`` beside the clone (as the package looks)."""
 
 
@@ -67,26 +71,9 @@ def smol():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smol) -> Path:
     """A randomly initialised 2-layer Llama with the embedded model's tokenizer, saved as a local model folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from raysem.models.tiny import tiny_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smol.tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=smol.tokenizer.bos_token_id,
-        eos_token_id=smol.tokenizer.eos_token_id,
-        pad_token_id=smol.tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    smol.tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smol.tokenizer)
 
 
 @pytest.fixture()
@@ -134,45 +121,14 @@ def trial_runs(uri: str, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return client, []
-    return client, client.search_runs([exp.experiment_id], filter_string="tags.`raysem.role` = 'trial'", max_results=1000)
-
-
-def wait_http(url: str, timeout: float = 90.0) -> None:
-    """Poll ``url`` until it answers 200 or ``timeout`` seconds pass."""
-    import time
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
+    return client, client.search_runs(
+        [exp.experiment_id], filter_string="tags.`raysem.role` = 'trial'", max_results=1000
+    )
 
 
 def start_mlflow_server(folder: Path, port: int):
-    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend and a local artifact store."""
-    import subprocess
-    import sys
+    """A real ``mlflow server`` on 127.0.0.1:``port`` (one worker) with a SQLite backend and a local artifact store."""
+    from raysem.service.mlflow_server import start_server
 
     folder.mkdir(parents=True, exist_ok=True)
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    process = subprocess.Popen(
-        [
-            str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-            "--artifacts-destination", str(folder / "artifacts"),
-        ],
-        stdout=open(folder / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # its GenAI job runner: three idle-busy processes
-    )  # fmt: skip
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health")
-    except TimeoutError:
-        process.kill()
-        raise
-    return process
+    return start_server(folder, workers=1, port=port)[0]

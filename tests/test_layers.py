@@ -9,7 +9,17 @@ from pathlib import Path
 import raysem
 
 PACKAGE = Path(raysem.__file__).parent
-LAYERS = [("paths", "errors", "ports"), ("data",), ("models",), ("semantics",), ("training",), ("report",), ("service",), ("cli",)]
+LAYERS = [
+    ("paths", "errors", "ports"),
+    ("data",),
+    ("models",),
+    ("semantics",),
+    ("training",),
+    ("report",),
+    ("service",),
+    ("bench",),
+    ("cli",),
+]
 """Bottom to top; a module may import its own layer and those below it."""
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
@@ -82,14 +92,16 @@ def test_the_command_line_starts_without_torch_ray_or_mlflow():
     import sys
 
     code = "import sys, raysem.cli.main; print(sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def test_bench_help_gives_the_benchmark_default_pack_sizes():
     from typer.testing import CliRunner
 
+    from raysem.bench.training import PACK_SIZES, QUICK_PACK_SIZES
     from raysem.cli.main import app
-    from raysem.training.bench import PACK_SIZES, QUICK_PACK_SIZES
 
     text = " ".join(CliRunner().invoke(app, ["bench", "--help"]).output.replace("│", " ").split())
     assert f"default {','.join(map(str, PACK_SIZES))}; quick: {','.join(map(str, QUICK_PACK_SIZES))}" in text

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from raysem.models.catalog import DEFAULT_MODEL
 
-bench_app = typer.Typer(help="Measure throughput: `raysem bench` trials per hour, `raysem bench tracking` MLflow runs per second.")
+bench_app = typer.Typer(
+    help="Measure throughput: `raysem bench` trials per hour, `raysem bench tracking` MLflow runs per second."
+)
 
 
 def _pack_sizes(text: str | None) -> tuple[int, ...] | None:
@@ -34,23 +36,36 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Embedded model name, local folder or Hugging Face id."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cpu); CUDA runs in bf16."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for every variant (default: torch's)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads for every variant (default: torch's)."
+    ),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps per trial."),
     naive_trials: int | None = typer.Option(None, "--naive-trials", min=1, help="Trials run one process each."),
-    resident_trials: int | None = typer.Option(None, "--resident-trials", min=1, help="Unpacked trials on the resident model."),
-    pack_sizes: str | None = typer.Option(None, "--pack-sizes", help="Comma-separated K values (default 8,16,32,64; quick: 8,16)."),
+    resident_trials: int | None = typer.Option(
+        None, "--resident-trials", min=1, help="Unpacked trials on the resident model."
+    ),
+    pack_sizes: str | None = typer.Option(
+        None, "--pack-sizes", help="Comma-separated K values (default 8,16,32,64; quick: 8,16)."
+    ),
 ) -> None:
     """Single-fact LoRA trials per hour for each variant, and the share of the matmul peak each reaches."""
     if ctx.invoked_subcommand:
         return
-    from raysem.training.bench import BenchSettings, run_bench
+    from raysem.bench.training import BenchSettings, run_bench
 
-    overrides = dict(
-        model=model, device=device, threads=threads, steps=steps, naive_trials=naive_trials,
-        resident_trials=resident_trials, pack_sizes=_pack_sizes(pack_sizes),
-    )  # fmt: skip
+    overrides: dict[str, Any] = dict(
+        model=model,
+        device=device,
+        threads=threads,
+        steps=steps,
+        naive_trials=naive_trials,
+        resident_trials=resident_trials,
+        pack_sizes=_pack_sizes(pack_sizes),
+    )
     settings = (
-        BenchSettings.quick(**overrides) if quick else BenchSettings(**{k: v for k, v in overrides.items() if v is not None})
+        BenchSettings.quick(**overrides)
+        if quick
+        else BenchSettings(**{k: v for k, v in overrides.items() if v is not None})
     )
     err = Console(stderr=True)
     summary = run_bench(settings, progress=None if as_json else lambda message: err.print(f"[dim]{message}[/dim]"))
@@ -79,10 +94,12 @@ def tracking_bench(
 ) -> None:
     """MLflow trial runs per second into a SQLite URI and a real `mlflow server`: one run per call
     against batches, side by side; every run is read back."""
-    from raysem.service.tracking_bench import run_tracking_bench
+    from raysem.bench.tracking import run_tracking_bench
 
     err = Console(stderr=True)
-    summary = run_tracking_bench(trials, batch, per_trial, progress=None if as_json else lambda message: err.print(f"[dim]{message}[/dim]"))
+    summary = run_tracking_bench(
+        trials, batch, per_trial, progress=None if as_json else lambda message: err.print(f"[dim]{message}[/dim]")
+    )
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -92,23 +109,32 @@ def tracking_bench(
     for name in ("sqlite", "server", "server_store"):
         row = summary[name]
         slow = row.get("per_trial_runs_per_s")
-        table.add_row(name, "—" if slow is None else f"{slow:.1f}", f"{row['runs_per_s']:.1f}", "—" if slow is None else f"{row['speedup']:.1f}")
+        table.add_row(
+            name,
+            "—" if slow is None else f"{slow:.1f}",
+            f"{row['runs_per_s']:.1f}",
+            "—" if slow is None else f"{row['speedup']:.1f}",
+        )
     Console().print(table)
     ceiling = summary["server_ceiling"]
-    typer.echo(f"server ceiling: {ceiling['write_requests_per_s']:.0f} write requests/s (set_tag), so at most "
-               f"{ceiling['runs_per_s_bound']:.0f} runs/s over REST (three writes a run)")  # fmt: skip
+    typer.echo(
+        f"server ceiling: {ceiling['write_requests_per_s']:.0f} write requests/s (set_tag), so at most "
+        f"{ceiling['runs_per_s_bound']:.0f} runs/s over REST (three writes a run)"
+    )
 
 
 @bench_app.command("chaos")
 def chaos_bench(
     trials: int = typer.Option(10_000, "--trials", min=4, help="Trials in the study (even)."),
     kill_every: float = typer.Option(20.0, "--kill-every", min=1.0, help="Seconds between SIGKILLs of a Tune worker."),
-    folder: Path | None = typer.Option(None, "--folder", help="Where the study, its store and logs go (default: a temp folder)."),
+    folder: Path | None = typer.Option(
+        None, "--folder", help="Where the study, its store and logs go (default: a temp folder)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
 ) -> None:
     """A study under faults (Tune workers killed, the mlflow server restarted, the driver killed and
     resumed), then its MLflow runs counted: each trial exactly once, none left RUNNING."""
-    from raysem.service.chaos import run_chaos
+    from raysem.bench.chaos import run_chaos
 
     err = Console(stderr=True)
     summary = run_chaos(trials, kill_every, folder, progress=lambda message: err.print(f"[dim]{message}[/dim]"))
@@ -129,22 +155,43 @@ def render_table(summary: dict[str, Any]) -> Table:
     """The benchmark summary as a table: trials/hour, ratio to the naive run, share of the matmul peak
     by wall time and by CPU time (the latter is blind to time lost to other processes), and a packed run's
     seconds in base answers, training and evaluation."""
+    from raysem.bench.training import variant_label
+
     title = f"single-fact LoRA trials, {summary['model']} on {summary['device']}, {summary['steps']} steps"
     table = Table(title=title)
-    columns = ("variant", "trials", "wall s", "CPU s", "trials/hour", "× naive", "% matmul peak", "% peak per CPU s", "base · train · eval s")
+    columns = (
+        "variant",
+        "trials",
+        "wall s",
+        "CPU s",
+        "trials/hour",
+        "× naive",
+        "% matmul peak",
+        "% peak per CPU s",
+        "base · train · eval s",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
     naive = summary["naive_trials_per_hour"]
     rows = [
-        ("naive (process per trial)", summary["naive_trials_per_hour"], summary["naive_matmul_share"], {}),
-        ("resident, unpacked", summary["resident_trials_per_hour"], summary["resident_matmul_share"], {}),
-        *((f"packed K={k}", rate, summary["packed_matmul_share"][k], summary["packed_parts_s"][k]) for k, rate in summary["packed"].items()),
+        ("naive", summary["naive_trials_per_hour"], summary["naive_matmul_share"], {}),
+        ("resident", summary["resident_trials_per_hour"], summary["resident_matmul_share"], {}),
+        *(
+            (f"packed:{k}", rate, summary["packed_matmul_share"][k], summary["packed_parts_s"][k])
+            for k, rate in summary["packed"].items()
+        ),
     ]
     for name, rate, share, parts in rows:
         cpu_share = summary["cpu_matmul_share"][name]
         table.add_row(
-            name, str(summary["trials"][name]), f"{summary['wall_s'][name]:.1f}", f"{summary['cpu_s'][name]:.1f}",
-            f"{rate:,.0f}", f"{rate / naive:.2f}", f"{100 * share:.1f}", "—" if cpu_share is None else f"{100 * cpu_share:.1f}",
+            variant_label(name),
+            str(summary["trials"][name]),
+            f"{summary['wall_s'][name]:.1f}",
+            f"{summary['cpu_s'][name]:.1f}",
+            f"{rate:,.0f}",
+            f"{rate / naive:.2f}",
+            f"{100 * share:.1f}",
+            "—" if cpu_share is None else f"{100 * cpu_share:.1f}",
             " · ".join(f"{parts[p]:.1f}" for p in ("base", "train", "evaluate")) if parts else "—",
-        )  # fmt: skip
+        )
     return table

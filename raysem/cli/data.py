@@ -19,7 +19,7 @@ from raysem.data.fetch import SOURCES, FetchError, fetch_dataset
 
 data_app = typer.Typer(help="Fetch and inspect knowledge datasets.", no_args_is_help=True)
 
-FetchName = Enum("FetchName", {name: name for name in SOURCES}, type=str)
+FetchName = Enum("FetchName", {name: name for name in SOURCES}, type=str)  # type: ignore[misc]  # built from SOURCES
 
 
 def _fail(message: str) -> NoReturn:

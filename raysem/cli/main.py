@@ -10,7 +10,9 @@ import typer
 
 from raysem.models.catalog import DEFAULT_MODEL, EMBEDDED_MODELS, ModelError
 
-app = typer.Typer(help="Knowledge learning with PEFT, measured by target semantic distance, on Ray.", no_args_is_help=True)
+app = typer.Typer(
+    help="Knowledge learning with PEFT, measured by target semantic distance, on Ray.", no_args_is_help=True
+)
 model_app = typer.Typer(help="Models: pull the embedded default.", no_args_is_help=True)
 study_app = typer.Typer(help="Studies on Ray Tune.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -62,7 +64,7 @@ def sync(
     if not pending_root.exists():
         typer.echo("nothing to sync")
         return
-    total, skipped, problems = 0, 0, []
+    total, skipped, problems = 0, 0, list[str]()
     try:
         for folder in sorted(p for p in pending_root.iterdir() if p.is_dir()):
             logged, already, errors = sync_pending(absolute_uri(tracking_uri), folder)

@@ -32,12 +32,16 @@ def _json_number(value: float) -> float | None:
 @semantic_app.command()
 def distances(
     dataset: str = typer.Argument(..., help="zsre, counterfact, knowedit, worldfacts, worldfacts-cf, or a file path."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Embedded model name, local folder or hub id."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", "-m", help="Embedded model name, local folder or hub id."
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N facts."),
     out: Path | None = typer.Option(None, "--out", help="Also write the table here (.parquet or .csv)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Facts per decoding batch."),
     refresh: bool = typer.Option(False, "--refresh", help="Recompute even when the table is cached."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: count, mean, std, min, max, empty, path."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object: count, mean, std, min, max, empty, path."
+    ),
     prompt_style: str = options.PROMPT_STYLE,
     answer_budget: str = options.ANSWER_BUDGET,
     free_tokens: int = options.FREE_TOKENS,
@@ -53,7 +57,13 @@ def distances(
     try:
         prompting = options.prompting(prompt_style, answer_budget, free_tokens)
         frame, path = distance_table(
-            model, dataset, limit=limit, batch_size=batch_size, refresh=refresh, progress=not as_json, prompting=prompting
+            model,
+            dataset,
+            limit=limit,
+            batch_size=batch_size,
+            refresh=refresh,
+            progress=not as_json,
+            prompting=prompting,
         )
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +76,14 @@ def distances(
     stats = summary(frame)
     shown = out if out is not None else path
     if as_json:
-        payload = {key: _json_number(value) for key, value in stats.items()}
-        payload.update(path=str(shown), cache=str(path), model=model, **prompting.key(), seconds=round(time.perf_counter() - start, 3))
+        payload: dict[str, Any] = {key: _json_number(value) for key, value in stats.items()}
+        payload.update(
+            path=str(shown),
+            cache=str(path),
+            model=model,
+            **prompting.key(),
+            seconds=round(time.perf_counter() - start, 3),
+        )
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     table = Table(title=f"target distances: {dataset} under {model}")
@@ -86,8 +102,12 @@ def filter_command(
     replace: float = typer.Option(..., "--replace", help="ρ: share of K to replace, in [0, 1]."),
     lam: float = typer.Option(0.0, "--lambda", help="λ ≥ 0: weight of the variance in μ - λ·σ²."),
     mean_min: float | None = typer.Option(None, "--mean-min", help="Mean_min: the filtered set's mean must exceed it."),
-    mean_max: float | None = typer.Option(None, "--mean-max", help="Mean_max: the filtered set's mean must stay below it."),
-    random_baseline: bool = typer.Option(False, "--random", help="Replace random members by random pool facts instead."),
+    mean_max: float | None = typer.Option(
+        None, "--mean-max", help="Mean_max: the filtered set's mean must stay below it."
+    ),
+    random_baseline: bool = typer.Option(
+        False, "--random", help="Replace random members by random pool facts instead."
+    ),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the draw of K (and of the random baseline)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

@@ -22,7 +22,9 @@ def schema() -> None:
 def check(
     spec: Path = typer.Argument(..., help="study spec YAML"),
     quick: bool = typer.Option(False, help="apply the spec's quick overrides"),
-    sets: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="override one field (dotted path, YAML value); repeatable"),
+    sets: list[str] = typer.Option(
+        [], "--set", metavar="FIELD=VALUE", help="override one field (dotted path, YAML value); repeatable"
+    ),
 ) -> None:
     """Validate a spec as a study would before Ray starts (every grid point, search bound, quick override and
     packing rule), and print its trials and Tune units as JSON. Exit 2 with the field named when it is bad."""

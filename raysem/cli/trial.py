@@ -42,9 +42,14 @@ def _filtered(sample: list[Fact], dataset: FactSet, base: dict, lam: float, repl
     chosen = {f.id for f in sample}
     pool = [f for f in dataset.facts if f.id not in chosen]
     result = replace_training_set(
-        "filter", [f.id for f in sample], [base[f.id]["dist_old"] for f in sample],
-        [f.id for f in pool], [base[f.id]["dist_old"] for f in pool], replace=replace, lam=lam,
-    )  # fmt: skip
+        "filter",
+        [f.id for f in sample],
+        [base[f.id]["dist_old"] for f in sample],
+        [f.id for f in pool],
+        [base[f.id]["dist_old"] for f in pool],
+        replace=replace,
+        lam=lam,
+    )
     by_id = {f.id: f for f in dataset.facts}
     return [by_id[i] for i in result.train_ids]
 
@@ -62,7 +67,9 @@ def trial(
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the sampling and the trial."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Embedded model name, local folder or Hugging Face id."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: the config default)."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the method's, raysem.training.config.DEFAULT_LR)."),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Learning rate (default: the method's, raysem.training.config.DEFAULT_LR)."
+    ),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (AdamW cancels γ on a single fact)."),
     prompt_style: str = options.PROMPT_STYLE,
     answer_budget: str = options.ANSWER_BUDGET,
@@ -83,7 +90,9 @@ def trial(
     overrides = {"gamma": gamma, "steps": steps, "lr": lr}
     prompting = options.prompting(prompt_style, answer_budget, free_tokens)
     try:
-        cfg = TrialConfig(method=method, seed=seed, optimizer=optimizer, **{k: v for k, v in overrides.items() if v is not None})
+        cfg = TrialConfig(
+            method=method, seed=seed, optimizer=optimizer, **{k: v for k, v in overrides.items() if v is not None}
+        )
     except ValueError as exc:
         _fail(f"invalid trial settings: {exc}")
 
@@ -96,7 +105,11 @@ def trial(
         sample = sample_fact_sets(fact_set.facts, facts, 1, seed)[0]
         resident = ResidentModel(model, prompting=prompting)
         base = _base_records(resident.lm, fact_set, sample, whole=filter_lambda is not None)
-        train = sample if filter_lambda is None else _filtered(sample, fact_set, base, filter_lambda, replace)
+        train = (
+            sample
+            if filter_lambda is None or replace is None
+            else _filtered(sample, fact_set, base, filter_lambda, replace)
+        )
         result = run_trial(resident, train, sample, base, cfg, trial_id=f"{fact_set.name}-k{facts}-s{seed}")
     except (DatasetError, ModelError, NonFiniteLossError, ValueError, KeyError) as exc:
         _fail(str(exc))

@@ -229,20 +229,25 @@ def _parse_json_list(path: Path, data: bytes) -> list[Any]:
 def _failing_record(text: str) -> int | None:
     """Index of the list element at which JSON decoding fails, or None when the text is no list."""
     decoder = json.JSONDecoder()
-    space = re.compile(r"\s*")
-    pos = space.match(text).end()
+
+    def after_space(pos: int) -> int:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        return pos
+
+    pos = after_space(0)
     if not text.startswith("[", pos):
         return None
     pos, index = pos + 1, 0
     while True:
-        pos = space.match(text, pos).end()
+        pos = after_space(pos)
         if text.startswith("]", pos):
             return None
         try:
             _, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
             return index
-        pos = space.match(text, pos).end()
+        pos = after_space(pos)
         index += 1
         if not text.startswith(",", pos):
             return index if not text.startswith("]", pos) else None
@@ -308,14 +313,14 @@ class _Record:
         return key in self.data
 
     def get(self, *keys: Key) -> Any:
-        node = self.data
+        node: Any = self.data
         for depth, key in enumerate(keys):
             kind, expected = (list, "a list") if isinstance(key, int) else (dict, "an object")
             if not isinstance(node, kind):
                 raise self.error(keys[:depth], f"expected {expected}, got {_json_type(node)}", node)
             if (key >= len(node)) if isinstance(key, int) else (key not in node):
                 raise self.error(keys[: depth + 1], "missing")
-            node = node[key]
+            node = node[key]  # type: ignore[index]  # a list when key is an int, an object otherwise (checked above)
         return node
 
     def text(self, *keys: Key) -> str:
@@ -489,7 +494,7 @@ def _knowedit_probes(rec: _Record, key: str) -> tuple[Probe, ...]:
     groups = rec.get(key)
     if not isinstance(groups, dict):
         raise rec.error((key,), f"expected an object of probe groups, got {_json_type(groups)}", groups)
-    probes = []
+    probes: list[Probe] = []
     for group, items in groups.items():
         if not isinstance(items, list):
             raise rec.error((key, group), f"expected a list of probes, got {_json_type(items)}", items)

@@ -41,7 +41,7 @@ class Fact:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Fact":
+    def from_dict(cls, data: dict[str, Any]) -> Fact:
         values = dict(data)
         values["rephrasings"] = tuple(values.get("rephrasings", ()))
         values["locality"] = tuple(Probe(**p) for p in values.get("locality", ()))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,16 +28,23 @@ class TargetBatch:
     labels: torch.Tensor
     prefix: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "TargetBatch":
-        tensors = (self.input_ids, self.attention_mask, self.positions, self.labels)
-        return TargetBatch(*(t.to(device) for t in tensors), prefix=None if self.prefix is None else self.prefix.to(device))
+    def to(self, device: torch.device | str) -> TargetBatch:
+        return TargetBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.positions.to(device),
+            self.labels.to(device),
+            prefix=None if self.prefix is None else self.prefix.to(device),
+        )
 
     @property
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
 
-def encode_targets(lm: LoadedModel, questions: Sequence[str], targets: Sequence[str], share_prefix: bool = False) -> TargetBatch:
+def encode_targets(
+    lm: LoadedModel, questions: Sequence[str], targets: Sequence[str], share_prefix: bool = False
+) -> TargetBatch:
     """Tokenise each prompt and its target as ``LoadedModel.prompt_and_answer_ids`` joins them; the loss
     sees only target tokens. ``share_prefix`` splits off the tokens every prompt starts with (the few-shot
     exemplars), which :func:`target_logits` then runs once for the whole batch."""
@@ -77,12 +84,18 @@ def target_logits(model: nn.Module, batch: TargetBatch) -> torch.Tensor:
     """
     decoder = model.get_decoder()
     if batch.prefix is None:
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state
     else:
         cache = prefix_cache(decoder, batch.prefix)
         cache.batch_repeat_interleave(batch.input_ids.shape[0])
-        mask = torch.cat([batch.attention_mask.new_ones(batch.input_ids.shape[0], batch.prefix.shape[1]), batch.attention_mask], 1)
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, use_cache=True, **{CACHE_ARGUMENT: cache}).last_hidden_state
+        mask = torch.cat(
+            [batch.attention_mask.new_ones(batch.input_ids.shape[0], batch.prefix.shape[1]), batch.attention_mask], 1
+        )
+        hidden = decoder(
+            input_ids=batch.input_ids, attention_mask=mask, use_cache=True, **{CACHE_ARGUMENT: cache}
+        ).last_hidden_state
     index = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     return model.get_output_embeddings()(hidden.gather(1, index))
 

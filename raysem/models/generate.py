@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -102,7 +102,9 @@ def greedy_answers(
     return [a for a in answers if a is not None]
 
 
-def _padded_after_prefix(prefix: torch.Tensor, tails: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded_after_prefix(
+    prefix: torch.Tensor, tails: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``prefix + padding + tail`` per row, right-aligned so every row's next token is generated at the
     same column, and the attention mask (0 on the padding)."""
     shared, width = prefix.shape[1], max(len(t) for t in tails)

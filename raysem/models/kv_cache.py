@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import transformers
@@ -35,4 +35,7 @@ def prefix_cache(model: nn.Module, prefix: torch.Tensor) -> Cache:
 
 def select_rows(cache: Cache, index: torch.Tensor, config: PreTrainedConfig) -> DynamicCache:
     """A new cache whose row i is row ``index[i]`` of ``cache`` (``config``: the model's); ``cache`` is left as it is."""
-    return DynamicCache([(layer.keys.index_select(0, index), layer.values.index_select(0, index)) for layer in cache.layers], config=config)
+    return DynamicCache(
+        [(layer.keys.index_select(0, index), layer.values.index_select(0, index)) for layer in cache.layers],
+        config=config,
+    )

@@ -65,7 +65,9 @@ def pull_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         if digest != spec.gguf_sha256:
             raise ModelError(f"{gguf_path.name}: sha256 {digest} does not match the expected {spec.gguf_sha256}")
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
         # A GGUF-loaded model refuses save_pretrained: rebuild from its config and copy the weights.
         model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
         model.load_state_dict(gguf_model.state_dict())
@@ -184,7 +186,9 @@ def load_model(
     if device:
         model.to(device)
     chat = tokenizer.chat_template is not None
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, chat=chat, prompting=prompting or Prompting())
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name_or_path, chat=chat, prompting=prompting or Prompting()
+    )
 
 
 def model_config(name_or_path: str) -> AutoConfig:

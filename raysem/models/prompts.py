@@ -58,7 +58,10 @@ class Prompting:
 
     def key(self) -> dict[str, object]:
         """What identifies it in cache keys, params and table metadata."""
-        return {"prompt_style": self.style, "answer_budget": self.budget if self.budget == "target" else f"free:{self.free_tokens}"}
+        return {
+            "prompt_style": self.style,
+            "answer_budget": self.budget if self.budget == "target" else f"free:{self.free_tokens}",
+        }
 
 
 def fewshot_prompt(question: str) -> str:

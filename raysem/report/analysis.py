@@ -8,7 +8,8 @@ without data filtering, which is what the paper's analysis figures use.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,10 +30,32 @@ BIN_EDGES = np.arange(11) / 10
 """Figure 3/4/8 bins: width 0.1 over [0, 1]; distances are clipped into [0, 1] before binning."""
 
 BANDS = ("short", "medium", "long")
-SETTING_COLUMNS = ("rank", "alpha", "dropout", "lr", "steps", "batch_size", "weight_decay", "optimizer", "prompt_style", "answer_budget")
+SETTING_COLUMNS = (
+    "rank",
+    "alpha",
+    "dropout",
+    "lr",
+    "steps",
+    "batch_size",
+    "weight_decay",
+    "optimizer",
+    "prompt_style",
+    "answer_budget",
+)
 """Training settings a sweep may vary besides the studied factor; comparisons stay within one setting."""
-CONFIG_COLUMNS = ("dataset", "model", "method", *SETTING_COLUMNS, "k", "gamma", "filter_mode", "filter_lambda",
-                  "replace", "mean_min", "mean_max")  # fmt: skip
+CONFIG_COLUMNS = (
+    "dataset",
+    "model",
+    "method",
+    *SETTING_COLUMNS,
+    "k",
+    "gamma",
+    "filter_mode",
+    "filter_lambda",
+    "replace",
+    "mean_min",
+    "mean_max",
+)
 """Trial params that define a configuration in the headline table (only those that vary are shown)."""
 HEADLINE_METRICS = ("accuracy", "token_accuracy", "generality", "locality", "portability")
 PAIR_KEY = ("sampling", "seed")
@@ -121,10 +144,17 @@ def binned_rate(
         for b, in_bin in part.groupby("_bin"):
             per_trial = in_bin.groupby("run_id")["_v"].agg(["sum", "count"])
             est = bootstrap_ratio_ci(per_trial["sum"], per_trial["count"])
-            rows.append({
-                **dict(zip(group_cols, key)), "bin": int(b), "lo": BIN_EDGES[int(b)], "hi": BIN_EDGES[int(b) + 1],
-                "n_facts": int(per_trial["count"].sum()), "n_trials": len(per_trial), **est._asdict(),
-            })  # fmt: skip
+            rows.append(
+                {
+                    **dict(zip(group_cols, key)),
+                    "bin": int(b),
+                    "lo": BIN_EDGES[int(b)],
+                    "hi": BIN_EDGES[int(b) + 1],
+                    "n_facts": int(per_trial["count"].sum()),
+                    "n_trials": len(per_trial),
+                    **est._asdict(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -141,19 +171,26 @@ def band_contrast(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFr
     if records.empty:
         return pd.DataFrame()
     clipped = records["dist_old"].clip(0.0, 1.0)
-    frame = records.assign(_band=[("below" if d < 0.1 else distance_band(d)) if not math.isnan(d) else "none" for d in clipped])
+    frame = records.assign(
+        _band=[("below" if d < 0.1 else distance_band(d)) if not math.isnan(d) else "none" for d in clipped]
+    )
     frame = frame[frame["_band"].ne("none") & frame["exact_match"].notna()]
     rows = []
     for key, part in _group_keys(frame, group_cols):
         hits = part.pivot_table(index="run_id", columns="_band", values="exact_match", aggfunc="sum", fill_value=0.0)
         counts = part.pivot_table(index="run_id", columns="_band", values="exact_match", aggfunc="count", fill_value=0)
-        hits, counts = hits.reindex(columns=["below", *BANDS], fill_value=0.0), counts.reindex(columns=["below", *BANDS], fill_value=0)
+        hits, counts = (
+            hits.reindex(columns=["below", *BANDS], fill_value=0.0),
+            counts.reindex(columns=["below", *BANDS], fill_value=0),
+        )
         row: dict[str, Any] = {**dict(zip(group_cols, key)), "n_trials": len(hits)}
         for band in ("below", *BANDS):
             row[band] = bootstrap_ratio_ci(hits[band], counts[band])
             row[f"n_{band}"] = int(counts[band].sum())
         for band in ("below", "short", "long"):
-            row[f"{band}_minus_medium"] = bootstrap_ratio_difference_ci(hits["medium"], counts["medium"], hits[band], counts[band])
+            row[f"{band}_minus_medium"] = bootstrap_ratio_difference_ci(
+                hits["medium"], counts["medium"], hits[band], counts[band]
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -177,16 +214,25 @@ def deviation_among_bad(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.
     frame = records.assign(_dev_bad=records["deviation"] & records["bad_case"], _empty_bad=empty & records["bad_case"])
     for key, part in _group_keys(frame, group_cols):
         per_trial = part.groupby("run_id").agg(
-            bad=("bad_case", "sum"), dev_bad=("_dev_bad", "sum"), empty_bad=("_empty_bad", "sum"),
-            dev=("deviation", "sum"), facts=("deviation", "size"),
-        )  # fmt: skip
+            bad=("bad_case", "sum"),
+            dev_bad=("_dev_bad", "sum"),
+            empty_bad=("_empty_bad", "sum"),
+            dev=("deviation", "sum"),
+            facts=("deviation", "size"),
+        )
         share = bootstrap_ratio_ci(per_trial["dev_bad"], per_trial["bad"])
         overall = bootstrap_ratio_ci(per_trial["dev"], per_trial["facts"])
-        rows.append({
-            **dict(zip(group_cols, key)), "n_trials": len(per_trial), "n_facts": int(per_trial["facts"].sum()),
-            "n_bad": int(per_trial["bad"].sum()), "n_empty_bad": int(per_trial["empty_bad"].sum()),
-            "share": share, "deviation_rate": overall,
-        })  # fmt: skip
+        rows.append(
+            {
+                **dict(zip(group_cols, key)),
+                "n_trials": len(per_trial),
+                "n_facts": int(per_trial["facts"].sum()),
+                "n_bad": int(per_trial["bad"].sum()),
+                "n_empty_bad": int(per_trial["empty_bad"].sum()),
+                "share": share,
+                "deviation_rate": overall,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -207,12 +253,15 @@ def set_statistics(trials: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFr
     """Figure 6: per group, correlation of trial accuracy with the set's mean and variance of distance."""
     rows = []
     for key, part in _group_keys(trials, group_cols):
-        rows.append({
-            **dict(zip(group_cols, key)), "n_trials": len(part),
-            "accuracy": metric_ci(part["accuracy"]),
-            "r_mean": correlation_ci(part["dist_mean"], part["accuracy"]),
-            "r_var": correlation_ci(part["dist_var"], part["accuracy"]),
-        })  # fmt: skip
+        rows.append(
+            {
+                **dict(zip(group_cols, key)),
+                "n_trials": len(part),
+                "accuracy": metric_ci(part["accuracy"]),
+                "r_mean": correlation_ci(part["dist_mean"], part["accuracy"]),
+                "r_var": correlation_ci(part["dist_var"], part["accuracy"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -278,10 +327,15 @@ def pca_spread(points: pd.DataFrame) -> pd.DataFrame:
             x = trial[pcs].to_numpy()
             norms.append(float(np.linalg.norm(x, axis=1).mean()))
             spreads.append(float(x.var(axis=0, ddof=1).sum()) if len(x) > 1 else math.nan)
-        rows.append({
-            "band": band, "n_points": len(part), "n_trials": part["run_id"].nunique(),
-            "spread": metric_ci(spreads), "norm": metric_ci(norms),
-        })  # fmt: skip
+        rows.append(
+            {
+                "band": band,
+                "n_points": len(part),
+                "n_trials": part["run_id"].nunique(),
+                "spread": metric_ci(spreads),
+                "norm": metric_ci(norms),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -298,7 +352,9 @@ def paired_delta(base: pd.DataFrame, other: pd.DataFrame, metric: str) -> dict[s
     return paired_difference(_by_pair_key(base, metric), _by_pair_key(other, metric))
 
 
-def gamma_effect(trials: pd.DataFrame, group_cols: Sequence[str], metrics: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def gamma_effect(
+    trials: pd.DataFrame, group_cols: Sequence[str], metrics: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 3–4: metrics per γ (CI over trials) and paired deltas of every γ > 0 against γ = 0.
 
     Trials pair up within a group (dataset, model, method, k) by (sampling, seed), i.e. over the
@@ -308,8 +364,14 @@ def gamma_effect(trials: pd.DataFrame, group_cols: Sequence[str], metrics: Seque
     for key, part in _group_keys(trials, group_cols):
         base = part[part["gamma"] == 0]
         for gamma, at in part.groupby("gamma"):
-            levels.append({**dict(zip(group_cols, key)), "gamma": gamma, "n_trials": len(at),
-                           **{m: metric_ci(at[m]) for m in metrics}})  # fmt: skip
+            levels.append(
+                {
+                    **dict(zip(group_cols, key)),
+                    "gamma": gamma,
+                    "n_trials": len(at),
+                    **{m: metric_ci(at[m]) for m in metrics},
+                }
+            )
             if gamma == 0 or base.empty:
                 continue
             row: dict[str, Any] = {**dict(zip(group_cols, key)), "gamma": gamma}
@@ -325,12 +387,16 @@ def filter_effect(trials: pd.DataFrame, group_cols: Sequence[str], metric: str =
     for key, part in _group_keys(trials, [*group_cols, "replace"]):
         filt = part[part["filter_mode"] == "filter"]
         rand = part[part["filter_mode"] == "random"]
-        rows.append({
-            **dict(zip([*group_cols, "replace"], key)),
-            "filter": metric_ci(filt[metric]), "random": metric_ci(rand[metric]),
-            "n_filter": len(filt), "n_random": len(rand),
-            "delta": paired_delta(rand, filt, metric),
-        })  # fmt: skip
+        rows.append(
+            {
+                **dict(zip([*group_cols, "replace"], key)),
+                "filter": metric_ci(filt[metric]),
+                "random": metric_ci(rand[metric]),
+                "n_filter": len(filt),
+                "n_random": len(rand),
+                "delta": paired_delta(rand, filt, metric),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -339,11 +405,21 @@ def split_by_training(trials: pd.DataFrame, group_cols: Sequence[str]) -> pd.Dat
     trained) and on every trained fact, with the mean number of retained and replaced facts per trial."""
     rows = []
     for key, part in _group_keys(trials, [*group_cols, "replace", "filter_mode"]):
-        counts = {c: float(part[c].mean()) if c in part and part[c].notna().any() else math.nan for c in ("n_retained", "n_replaced")}
-        rows.append({
-            **dict(zip([*group_cols, "replace", "filter_mode"], key)), "n_trials": len(part), **counts,
-            **{m: metric_ci(part[m]) for m in ("accuracy", "retained_accuracy", "replaced_accuracy", "trained_accuracy")},
-        })  # fmt: skip
+        counts = {
+            c: float(part[c].mean()) if c in part and part[c].notna().any() else math.nan
+            for c in ("n_retained", "n_replaced")
+        }
+        rows.append(
+            {
+                **dict(zip([*group_cols, "replace", "filter_mode"], key)),
+                "n_trials": len(part),
+                **counts,
+                **{
+                    m: metric_ci(part[m])
+                    for m in ("accuracy", "retained_accuracy", "replaced_accuracy", "trained_accuracy")
+                },
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -382,8 +458,18 @@ def compare_configs(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[str], me
                 delta, how = Estimate(pair["delta"], pair["low"], pair["high"]), f"paired, {pair['n_pairs']} pairs"
             else:
                 delta, how = difference_ci(pa[metric], pb[metric]), "unpaired"
-            rows.append({"config": name, "metric": metric, "a": metric_ci(pa[metric]), "b": metric_ci(pb[metric]),
-                         "n_a": len(pa), "n_b": len(pb), "delta": delta, "how": how})  # fmt: skip
+            rows.append(
+                {
+                    "config": name,
+                    "metric": metric,
+                    "a": metric_ci(pa[metric]),
+                    "b": metric_ci(pb[metric]),
+                    "n_a": len(pa),
+                    "n_b": len(pb),
+                    "delta": delta,
+                    "how": how,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -413,7 +499,13 @@ def param_importances(trials: pd.DataFrame, objective: str, swept: Sequence[str]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     spans = {p: (float(rows[p].min()), float(rows[p].max())) for p in swept}
-    dists = {p: optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1e-9) for p, (lo, hi) in spans.items()}
+    dists = {
+        p: optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1e-9) for p, (lo, hi) in spans.items()
+    }
     for _, row in rows.iterrows():
-        study.add_trial(optuna.trial.create_trial(params={p: float(row[p]) for p in swept}, distributions=dists, value=float(row[objective])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={p: float(row[p]) for p in swept}, distributions=dists, value=float(row[objective])
+            )
+        )
     return dict(optuna.importance.get_param_importances(study))

@@ -18,11 +18,12 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,13 +42,33 @@ FROBENIUS_ARTIFACT = "analysis/frobenius.json"
 FEATURES_ARTIFACT = "analysis/features.npz"
 
 PARAM_TYPES: dict[str, type] = {
-    "method": str, "rank": int, "lr": float, "steps": int, "gamma": float, "seed": int,
-    "k": int, "sampling": int, "dataset": str, "model": str, "filter_mode": str,
-    "filter_lambda": float, "replace": float, "mean_min": float, "mean_max": float,
-    "study_kind": str, "group": str,
-    "alpha": float, "dropout": float, "batch_size": int, "weight_decay": float,
-    "optimizer": str, "prompt_style": str, "answer_budget": str, "phase": str, "fingerprint": str,
-}  # fmt: skip
+    "method": str,
+    "rank": int,
+    "lr": float,
+    "steps": int,
+    "gamma": float,
+    "seed": int,
+    "k": int,
+    "sampling": int,
+    "dataset": str,
+    "model": str,
+    "filter_mode": str,
+    "filter_lambda": float,
+    "replace": float,
+    "mean_min": float,
+    "mean_max": float,
+    "study_kind": str,
+    "group": str,
+    "alpha": float,
+    "dropout": float,
+    "batch_size": int,
+    "weight_decay": float,
+    "optimizer": str,
+    "prompt_style": str,
+    "answer_budget": str,
+    "phase": str,
+    "fingerprint": str,
+}
 """Trial params read back and the type each is parsed to (MLflow stores params as strings).
 
 The first block is the run contract; the last line holds optional training settings that a
@@ -57,11 +78,33 @@ DOWNLOAD_THREADS = 8
 FEATURE_TRIALS_PER_MODEL = 50
 """Feature matrices are large (facts × hidden size); the PCA uses this many trials per model."""
 TRIAL_METRICS = (
-    "accuracy", "token_accuracy", "generality", "locality", "locality_soft", "portability", "deviation_rate", "rd_mean",
-    "rd_undefined", "bad_case_rate", "deviation_among_bad", "empty_among_bad", "dist_mean", "dist_var", "dist_undefined",
-    "n_facts", "empty_old", "retained_accuracy", "replaced_accuracy", "trained_accuracy", "n_retained", "n_replaced",
-    "empty_new", "wall_s", "tokens", "final_loss",
-)  # fmt: skip
+    "accuracy",
+    "token_accuracy",
+    "generality",
+    "locality",
+    "locality_soft",
+    "portability",
+    "deviation_rate",
+    "rd_mean",
+    "rd_undefined",
+    "bad_case_rate",
+    "deviation_among_bad",
+    "empty_among_bad",
+    "dist_mean",
+    "dist_var",
+    "dist_undefined",
+    "n_facts",
+    "empty_old",
+    "retained_accuracy",
+    "replaced_accuracy",
+    "trained_accuracy",
+    "n_retained",
+    "n_replaced",
+    "empty_new",
+    "wall_s",
+    "tokens",
+    "final_loss",
+)
 """Trial metrics of the run contract; a trial that did not log one reads NaN."""
 
 
@@ -98,8 +141,7 @@ class StudyData:
 
 def _parse(value: str | None, kind: type) -> Any:
     """A param string as ``kind``; a missing or logged ``None`` value is None (text) or NaN (numbers)."""
-    missing = value is None or value in ("", "None") or (kind is not str and value.lower() in ("nan", "none", "null"))
-    if missing:
+    if value is None or value in ("", "None") or (kind is not str and value.lower() in ("nan", "none", "null")):
         return math.nan if kind is not str else None
     if kind is int:
         return int(float(value))
@@ -172,7 +214,7 @@ def check_identities(trials: pd.DataFrame) -> None:
     """Refuse trials of different study identities (``fingerprint``) under one configuration label (swept
     point and set size): the report would pool them as one configuration's. Trials logged before identities
     were recorded have none and are not compared."""
-    known = trials[trials["fingerprint"].fillna("").astype(str) != ""]
+    known = trials[~trials["fingerprint"].fillna("none").astype(str).isin(["", "none"])]
     counts = known.groupby(["group", "k"], dropna=False)["fingerprint"].unique()
     mixed = {label: sorted(prints) for label, prints in counts.items() if len(prints) > 1}
     if mixed:
@@ -237,9 +279,13 @@ def _load_artifacts(client: MlflowClient, data: StudyData) -> None:
         listings = dict(zip(run_ids, pool.map(lambda r: _analysis_files(client, r), run_ids)))
         tables = list(pool.map(lambda r: _fetch(client, r, RECORDS_ARTIFACT, dst, pd.read_parquet), run_ids))
         frob_ids = [r for r in run_ids if FROBENIUS_ARTIFACT in listings[r]]
-        frobs = pool.map(lambda r: _fetch(client, r, FROBENIUS_ARTIFACT, dst, lambda p: json.loads(p.read_text())), frob_ids)
+        frobs = pool.map(
+            lambda r: _fetch(client, r, FROBENIUS_ARTIFACT, dst, lambda p: json.loads(p.read_text())), frob_ids
+        )
         with_features = ok[ok["run_id"].map(lambda r: FEATURES_ARTIFACT in listings[r])]
-        feat_ids = list(with_features.groupby("model", dropna=False, sort=False).head(FEATURE_TRIALS_PER_MODEL)["run_id"])
+        feat_ids = list(
+            with_features.groupby("model", dropna=False, sort=False).head(FEATURE_TRIALS_PER_MODEL)["run_id"]
+        )
         feats = pool.map(lambda r: _fetch(client, r, FEATURES_ARTIFACT, dst, _read_npz), feat_ids)
         frob_rows = [{"run_id": r, **f} for r, f in zip(frob_ids, frobs) if f is not None]
         data.features = {r: f for r, f in zip(feat_ids, feats) if f is not None}

@@ -138,8 +138,14 @@ def feature_pca(points_by_model: dict[str, tuple[pd.DataFrame, np.ndarray]], pat
             y = part["pc2"] if "pc2" in part else np.zeros(len(part))
             scatter.scatter(part["pc1"], y, s=10, alpha=0.6, color=BAND_COLOURS[band], label=f"{name} ({len(part)})")
             if band != "none" and len(part) > 1:
-                spread.plot(range(1, len(pcs) + 1), part[pcs].var(axis=0, ddof=1), marker="o", ms=3,
-                            color=BAND_COLOURS[band], label=band)  # fmt: skip
+                spread.plot(
+                    range(1, len(pcs) + 1),
+                    part[pcs].var(axis=0, ddof=1),
+                    marker="o",
+                    ms=3,
+                    color=BAND_COLOURS[band],
+                    label=band,
+                )
         scatter.set_xlabel(f"PC1 ({explained[0]:.0%} of the variance)")
         scatter.set_ylabel(f"PC2 ({explained[1]:.0%})" if len(explained) > 1 else "PC2")
         scatter.set_title(f"{model}: features by distance band")
@@ -151,7 +157,9 @@ def feature_pca(points_by_model: dict[str, tuple[pd.DataFrame, np.ndarray]], pat
         spread.legend(fontsize="small")
         for ax in (scatter, spread):
             ax.grid(alpha=0.3)
-    fig.suptitle("Figure 5: PCA of last-layer features of the test prompts (short 0.1–0.3, medium 0.3–0.6, long 0.6–1.0)")
+    fig.suptitle(
+        "Figure 5: PCA of last-layer features of the test prompts (short 0.1–0.3, medium 0.3–0.6, long 0.6–1.0)"
+    )
     return _save(fig, path)
 
 
@@ -175,8 +183,16 @@ def filter_vs_random(frame: pd.DataFrame, baselines: dict[tuple[str, str], float
                 low = rows[mode].map(lambda e: e.low).to_numpy(float)
                 high = rows[mode].map(lambda e: e.high).to_numpy(float)
                 yerr = np.nan_to_num(np.vstack([est - low, high - est]))
-                ax.errorbar(rows["replace"] + shift, est, yerr=yerr, marker=marker, ls=ls, color=f"C{i}", capsize=3,
-                            label=f"{prefix}{'semantic filter' if mode == 'filter' else 'random replacement'}")  # fmt: skip
+                ax.errorbar(
+                    rows["replace"] + shift,
+                    est,
+                    yerr=yerr,
+                    marker=marker,
+                    ls=ls,
+                    color=f"C{i}",
+                    capsize=3,
+                    label=f"{prefix}{'semantic filter' if mode == 'filter' else 'random replacement'}",
+                )
             if (name, s) in baselines:
                 ax.axhline(baselines[(name, s)], color=f"C{i}", lw=0.9, ls="--", label=f"{prefix}no replacement")
         ax.set_title(str(name))
@@ -198,7 +214,9 @@ def sweep_progress(trials: pd.DataFrame, objective: str, swept: list[str], path:
     values = trials[objective].to_numpy(dtype=float)
     order = np.arange(1, len(values) + 1)
     axes[0].plot(order, values, "o", color="#888888", label="trial")
-    axes[0].plot(order, np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf)), "-", color="#1f77b4", label="running best")
+    axes[0].plot(
+        order, np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf)), "-", color="#1f77b4", label="running best"
+    )
     axes[0].set_xlabel("trial (search order)")
     axes[0].set_ylabel(objective)
     axes[0].legend(fontsize=8)

@@ -41,7 +41,7 @@ class Section:
     title: str
     blocks: list[str | Table | Figure] = field(default_factory=list)
 
-    def text(self, paragraph: str) -> "Section":
+    def text(self, paragraph: str) -> Section:
         self.blocks.append(paragraph)
         return self
 
@@ -84,8 +84,13 @@ figcaption { font-style: italic; font-size: 0.9em; }
 def render_html(title: str, preamble: list[str], sections: list[Section]) -> str:
     """One self-contained HTML page: styles inline, figures embedded as base64 data URIs."""
     esc = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>"]  # fmt: skip
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
     out += [f"<p>{esc(p)}</p>" for p in preamble]
     for section in sections:
         out.append(f'<h2 id="{esc(section.key)}">{esc(section.title)}</h2>')
@@ -97,8 +102,10 @@ def render_html(title: str, preamble: list[str], sections: list[Section]) -> str
                 out.append("</tbody></table>")
             elif isinstance(block, Figure):
                 data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-                out.append(f'<figure><img alt="{esc(block.caption)}" src="data:image/png;base64,{data}">'
-                           f"<figcaption>{esc(block.caption)}</figcaption></figure>")  # fmt: skip
+                out.append(
+                    f'<figure><img alt="{esc(block.caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{esc(block.caption)}</figcaption></figure>"
+                )
             else:
                 out.append(f"<p>{esc(block)}</p>")
     out.append("</body></html>")

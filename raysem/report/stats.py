@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Hashable, Literal, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -71,9 +72,15 @@ def _interval(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate resamples: handled by the fallback below
             result = stats.bootstrap(
-                data, statistic, n_resamples=n_boot, confidence_level=1 - alpha, method=how,
-                paired=paired, vectorized=vectorized, rng=np.random.default_rng(seed),
-            )  # fmt: skip
+                data,
+                statistic,
+                n_resamples=n_boot,
+                confidence_level=1 - alpha,
+                method=how,
+                paired=paired,
+                vectorized=vectorized,
+                rng=np.random.default_rng(seed),
+            )
         low, high = result.confidence_interval
         if np.isfinite(low) and np.isfinite(high):
             return Estimate(estimate, float(low), float(high))
@@ -107,11 +114,29 @@ def bootstrap_ci(
     if (units == units[0]).all():
         return Estimate(estimate, estimate, estimate)
     if stat is np.mean and units.ndim == 1:
-        return _interval(estimate, (units,), np.mean, paired=False, vectorized=True,
-                         n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
+        return _interval(
+            estimate,
+            (units,),
+            np.mean,
+            paired=False,
+            vectorized=True,
+            n_boot=n_boot,
+            alpha=alpha,
+            seed=seed,
+            method=method,
+        )
     columns = tuple(units.T) if units.ndim == 2 else (units,)
-    return _interval(estimate, columns, lambda *cols: stat(np.column_stack(cols) if units.ndim == 2 else cols[0]),
-                     paired=True, vectorized=False, n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
+    return _interval(
+        estimate,
+        columns,
+        lambda *cols: stat(np.column_stack(cols) if units.ndim == 2 else cols[0]),
+        paired=True,
+        vectorized=False,
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        method=method,
+    )
 
 
 def bootstrap_ratio_ci(
@@ -147,8 +172,9 @@ def bootstrap_ratio_ci(
     def ratio(n: np.ndarray, d: np.ndarray, axis: int = -1) -> np.ndarray:
         return n.sum(axis=axis) / d.sum(axis=axis)
 
-    return _interval(estimate, (num, den), ratio, paired=True, vectorized=True,
-                     n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
+    return _interval(
+        estimate, (num, den), ratio, paired=True, vectorized=True, n_boot=n_boot, alpha=alpha, seed=seed, method=method
+    )
 
 
 def bootstrap_ratio_difference_ci(
@@ -175,11 +201,12 @@ def bootstrap_ratio_difference_ci(
         with np.errstate(invalid="ignore", divide="ignore"):
             return nb.sum(axis=axis) / db.sum(axis=axis) - na.sum(axis=axis) / da.sum(axis=axis)
 
-    estimate = float(diff(*parts))
+    estimate = float(diff(parts[0], parts[1], parts[2], parts[3]))
     if len(parts[0]) < 2:
         return Estimate(estimate, math.nan, math.nan)
-    return _interval(estimate, tuple(parts), diff, paired=True, vectorized=True,
-                     n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
+    return _interval(
+        estimate, tuple(parts), diff, paired=True, vectorized=True, n_boot=n_boot, alpha=alpha, seed=seed, method=method
+    )
 
 
 def _corr(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -211,8 +238,17 @@ def bootstrap_corr_ci(
     estimate = float(_corr(units[:, 0], units[:, 1]))
     if len(units) < 3 or math.isnan(estimate):
         return Estimate(estimate, math.nan, math.nan)
-    return _interval(estimate, (units[:, 0], units[:, 1]), _corr, paired=True, vectorized=True,
-                     n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
+    return _interval(
+        estimate,
+        (units[:, 0], units[:, 1]),
+        _corr,
+        paired=True,
+        vectorized=True,
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        method=method,
+    )
 
 
 def sign_flip_p_value(differences: Sequence[float] | np.ndarray, n_resamples: int = 9999, seed: int = 0) -> float:
@@ -224,15 +260,20 @@ def sign_flip_p_value(differences: Sequence[float] | np.ndarray, n_resamples: in
     if not d.any():
         return 1.0
     result = stats.permutation_test(
-        (d,), lambda x, axis=-1: x.mean(axis=axis), permutation_type="samples", vectorized=True,
-        n_resamples=n_resamples, alternative="two-sided", rng=np.random.default_rng(seed),
-    )  # fmt: skip
+        (d,),
+        lambda x, axis=-1: x.mean(axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
     return float(result.pvalue)
 
 
 def paired_difference(
-    a_by_key: Mapping[Hashable, float],
-    b_by_key: Mapping[Hashable, float],
+    a_by_key: Mapping[Any, float],
+    b_by_key: Mapping[Any, float],
     n_boot: int = N_BOOT,
     alpha: float = ALPHA,
     seed: int = 0,
@@ -289,5 +330,6 @@ def difference_ci(
     def shift(sa: np.ndarray, sb: np.ndarray, axis: int = -1) -> np.ndarray:
         return sb.mean(axis=axis) - sa.mean(axis=axis)
 
-    return _interval(estimate, (xa, xb), shift, paired=False, vectorized=True,
-                     n_boot=n_boot, alpha=alpha, seed=seed, method=method)  # fmt: skip
+    return _interval(
+        estimate, (xa, xb), shift, paired=False, vectorized=True, n_boot=n_boot, alpha=alpha, seed=seed, method=method
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ class AnswerEmbedder:
     tokenizer: PreTrainedTokenizerBase
 
     @classmethod
-    def from_model(cls, lm: LoadedModel, copy: bool = False) -> "AnswerEmbedder":
+    def from_model(cls, lm: LoadedModel, copy: bool = False) -> AnswerEmbedder:
         """Use the model's embedding rows; ``copy=True`` snapshots them (needed when training changes them)."""
         table = lm.model.get_input_embeddings().weight.detach()
         return cls(table.clone() if copy else table, lm.tokenizer)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from raysem.data.facts import Fact
 from raysem.models.encoding import encode_targets, token_accuracy
@@ -80,7 +81,7 @@ def evaluate_facts(
         return [a.text for a in answers[i][kind]]
 
     pairs = [(i, t, b) for i, f in enumerate(facts) for t, b in zip(texts(i, "locality"), base[f.id]["locality_base"])]
-    local_dist = embedder.distance([t for _, t, _ in pairs], [b for _, _, b in pairs]) if pairs else []
+    local_dist: Any = embedder.distance([t for _, t, _ in pairs], [b for _, _, b in pairs]) if pairs else []
     by_fact: list[list[float]] = [[] for _ in facts]
     for (i, _, _), d in zip(pairs, local_dist):
         by_fact[i].append(float(d))
@@ -90,7 +91,9 @@ def evaluate_facts(
         b = base[f.id]
         accuracy = metrics.exact_match(new[i].text, f.target, ignore_case)
         d_new, d_old = float(dist_new[i]), float(b["dist_old"])
-        portability = [metrics.exact_match(o, p.answer, ignore_case) for o, p in zip(texts(i, "portability"), f.portability)]
+        portability = [
+            metrics.exact_match(o, p.answer, ignore_case) for o, p in zip(texts(i, "portability"), f.portability)
+        ]
         records.append(
             {
                 "fact_id": f.id,

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -343,7 +344,9 @@ def replace_training_set(
     ids = [i for i, ok in zip(train_ids, defined) if ok]
     dist = [d for d, ok in zip(train_dist, defined) if ok]
     if mode == "filter":
-        result = greedy_filter(ids, dist, pool_ids, pool_dist, replace=replace, lam=lam, mean_min=mean_min, mean_max=mean_max)
+        result = greedy_filter(
+            ids, dist, pool_ids, pool_dist, replace=replace, lam=lam, mean_min=mean_min, mean_max=mean_max
+        )
     else:
         result = random_filter(ids, dist, pool_ids, pool_dist, replace=replace, seed=seed, lam=lam)
     return FilterResult(**{**asdict(result), "train_ids": [*result.train_ids, *kept], "kept_undefined": kept})

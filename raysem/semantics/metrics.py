@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 _SPACES = re.compile(r"\s+")
 DIST_EPS = 1e-6

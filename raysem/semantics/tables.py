@@ -17,8 +17,9 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,7 +84,9 @@ def resolve_facts(dataset: str | Path | FactSet | Sequence[Fact], limit: int | N
         return load_facts(dataset, limit=limit)
     if isinstance(dataset, FactSet):
         facts = dataset.facts[:limit]
-        return FactSet(name=dataset.name, format=dataset.format, facts=facts, sha256=dataset.sha256 or facts_sha256(facts))
+        return FactSet(
+            name=dataset.name, format=dataset.format, facts=facts, sha256=dataset.sha256 or facts_sha256(facts)
+        )
     facts = list(dataset)[:limit]
     return FactSet(name="facts", format="facts", facts=facts, sha256=facts_sha256(facts))
 
@@ -125,10 +128,14 @@ def _slug(text: str) -> str:
 def table_path(model: str | LoadedModel, facts: FactSet, prompting: Prompting | None = None) -> Path:
     """Where the table of ``facts`` under ``model`` (and its prompting) lives in the cache."""
     name = Path(model_identity(model)).name
-    return cache_dir("distances") / f"{_slug(facts.name)}-{_slug(name)}-{table_key(model, facts, prompting)[:16]}.parquet"
+    return (
+        cache_dir("distances") / f"{_slug(facts.name)}-{_slug(name)}-{table_key(model, facts, prompting)[:16]}.parquet"
+    )
 
 
-def _metadata(model: str | LoadedModel, facts: FactSet, prompting: Prompting | None, seconds: float, how: str) -> dict[str, Any]:
+def _metadata(
+    model: str | LoadedModel, facts: FactSet, prompting: Prompting | None, seconds: float, how: str
+) -> dict[str, Any]:
     return {
         "key": table_key(model, facts, prompting),
         "model": model_identity(model),
@@ -148,7 +155,9 @@ def _metadata(model: str | LoadedModel, facts: FactSet, prompting: Prompting | N
 def write_table(frame: pd.DataFrame, path: Path, metadata: dict[str, Any]) -> Path:
     """Write a table atomically (temporary file, then rename) with raysem's metadata in the schema."""
     table = pa.Table.from_pandas(frame[list(COLUMNS)], preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet")
     try:
@@ -194,7 +203,9 @@ def table_rows(lm: LoadedModel, facts: Sequence[Fact], batch_size: int = 32) -> 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return frame.astype({"dist_old": "float64", "target_tokens": "int64", "prompt_tokens": "int64", "y_old_empty": "bool"})
+    return frame.astype(
+        {"dist_old": "float64", "target_tokens": "int64", "prompt_tokens": "int64", "y_old_empty": "bool"}
+    )
 
 
 def batch_order(facts: Sequence[Fact]) -> list[int]:
@@ -216,7 +227,13 @@ def _compute_in_process(lm: LoadedModel, facts: Sequence[Fact], batch_size: int,
     """Rows computed in chunks of ``batch_size`` facts (see ``batch_order``), with a progress bar."""
     order = batch_order(facts)
     rows: list[dict[str, Any] | None] = [None] * len(facts)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task("target distances", total=len(facts))
         for start in range(0, len(order), batch_size):
@@ -279,13 +296,24 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
     dist = frame["dist_old"].to_numpy(dtype=np.float64)
     defined = dist[~np.isnan(dist)]
     stats = (
-        {"mean": float(defined.mean()), "std": float(defined.std()), "min": float(defined.min()), "max": float(defined.max())}
+        {
+            "mean": float(defined.mean()),
+            "std": float(defined.std()),
+            "min": float(defined.min()),
+            "max": float(defined.max()),
+        }
         if len(defined)
         else dict.fromkeys(("mean", "std", "min", "max"), math.nan)
     )
     preface = sum(is_sentence_preface(a, t) for a, t in zip(frame["y_old"], frame["target"]))
     tokens = float((frame["prompt_tokens"] + frame["target_tokens"]).mean()) if len(frame) else math.nan
-    return {"count": int(len(dist)), **stats, "empty": int(len(dist) - len(defined)), "preface": int(preface), "train_tokens": tokens}
+    return {
+        "count": int(len(dist)),
+        **stats,
+        "empty": int(len(dist) - len(defined)),
+        "preface": int(preface),
+        "train_tokens": tokens,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,5 +379,7 @@ def distance_table_ray(
     rows = rows.sort_values("index").reset_index(drop=True)
     rows["locality_base"] = [json.loads(text) for text in rows["locality_base"]]
     frame = _frame(rows[list(COLUMNS)].to_dict("records"))
-    write_table(frame, path, _metadata(model, facts, prompting, time.perf_counter() - start, f"ray-data ({actors} actors)"))
+    write_table(
+        frame, path, _metadata(model, facts, prompting, time.perf_counter() - start, f"ray-data ({actors} actors)")
+    )
     return load_distance_table(path), path

@@ -45,7 +45,9 @@ def model_revision(model: str) -> str:
 def study_identity(spec: StudySpec, dataset_sha256: str) -> dict[str, Any]:
     """The settings a study's trials depend on, besides their swept point, set size and sampling."""
     return {
-        "model": spec.model if spec.model in EMBEDDED_MODELS or not Path(spec.model).expanduser().is_dir() else "folder",
+        "model": spec.model
+        if spec.model in EMBEDDED_MODELS or not Path(spec.model).expanduser().is_dir()
+        else "folder",
         "model_revision": model_revision(spec.model),
         "dataset_sha256": dataset_sha256,
         "data_limit": spec.data_limit,
@@ -54,6 +56,7 @@ def study_identity(spec: StudySpec, dataset_sha256: str) -> dict[str, Any]:
         "confirm_seed": spec.search.confirm.seed if spec.search.confirm else None,
         "trial": spec.trial_config().model_dump(mode="json"),
         "filter": spec.filter.model_dump(mode="json"),
+        "precision": spec.precision,
     }
 
 
@@ -64,11 +67,17 @@ def fingerprint(identity: dict[str, Any]) -> str:
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}" if prefix else str(key)).items()}
+        return {
+            k: v
+            for key, item in value.items()
+            for k, v in _flat(item, f"{prefix}.{key}" if prefix else str(key)).items()
+        }
     return {prefix: value}
 
 
 def identity_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The fields in which two identities differ, each as ``field: recorded -> current``."""
     old, new = _flat(recorded), _flat(current)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+    ]

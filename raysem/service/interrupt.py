@@ -25,7 +25,7 @@ class StopOnSigint:
         self.received = False
         self._previous: Any = None
 
-    def __enter__(self) -> "StopOnSigint":
+    def __enter__(self) -> StopOnSigint:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self

@@ -18,17 +18,24 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec)")
     parser.add_argument("--storage", default=None, help="Ray storage path (overrides the spec)")
-    parser.add_argument("--report-dir", default=None, help="where the report goes (default: <storage>/../reports/<name>)")
+    parser.add_argument(
+        "--report-dir", default=None, help="where the report goes (default: <storage>/../reports/<name>)"
+    )
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument(
-        "--new-experiment", action="store_true",
+        "--new-experiment",
+        action="store_true",
         help="if the spec's identity (model, data, trial settings, ...) differs from its experiment's, run it as "
         "<name>-<fingerprint> in a new experiment instead of refusing it",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
         help="override one spec field, dotted path and YAML value (e.g. sampling.n_samplings=20); repeatable",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     try:
         overrides = parse_sets(args.sets)
@@ -66,9 +73,14 @@ def job_main(description: str | None = None, argv: list[str] | None = None) -> i
 
         best = ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(outcome.best_point.items()))
         confirm = spec.search.confirm
-        print(f"raysem: best point by {spec.objective}: {best}; "
-              + (f"confirmed with the baseline on {confirm.n_samplings} fresh samplings (seed {confirm.seed})" if confirm
-                 else "NOT confirmed (no search.confirm): its number comes from the samplings it was chosen on"))  # fmt: skip
+        print(
+            f"raysem: best point by {spec.objective}: {best}; "
+            + (
+                f"confirmed with the baseline on {confirm.n_samplings} fresh samplings (seed {confirm.seed})"
+                if confirm
+                else "NOT confirmed (no search.confirm): its number comes from the samplings it was chosen on"
+            )
+        )
     if outcome.pending:
         print(f"raysem: {outcome.pending} trial results wait in {outcome.storage / 'pending'}; run `raysem sync`")
     if spec.report and not args.no_report and outcome.parent_run_id:
@@ -89,7 +101,9 @@ def parse_sets(items: list[str]) -> dict:
         path, sep, text = item.partition("=")
         keys = path.strip().split(".")
         if not sep or not all(keys):
-            raise SpecError(f"--set {item!r}: expected FIELD=VALUE with a dotted field path, e.g. sampling.n_samplings=20")
+            raise SpecError(
+                f"--set {item!r}: expected FIELD=VALUE with a dotted field path, e.g. sampling.n_samplings=20"
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -43,7 +43,9 @@ def processes_of(temp_dir: str | Path) -> list[psutil.Process]:
         if proc.pid == os.getpid():
             continue
         try:
-            if any(names(arg) for arg in proc.info["cmdline"] or ()) or any(inside in f.path for f in proc.open_files()):
+            if any(names(arg) for arg in proc.info["cmdline"] or ()) or any(
+                inside in f.path for f in proc.open_files()
+            ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

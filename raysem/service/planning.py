@@ -51,7 +51,9 @@ def count_trials(spec: StudySpec) -> int:
     return spec.search.num_samples * spec.sampling.n_for(spec.sampling.k) + confirm
 
 
-def trial_params(spec: StudySpec, point: dict[str, Any], sampling: int, k: int, cfg_dump: dict[str, Any]) -> dict[str, Any]:
+def trial_params(
+    spec: StudySpec, point: dict[str, Any], sampling: int, k: int, cfg_dump: dict[str, Any]
+) -> dict[str, Any]:
     """The MLflow params of one trial child run."""
     filt = {**spec.filter.model_dump(), **{f: point[f] for f in FILTER_FIELDS if f in point}}
     group = ",".join(f"{n}={point[n]}" for n in sorted(point)) or "base"
@@ -104,7 +106,9 @@ def best_point(spec: StudySpec, results: Any) -> dict[str, Any]:
 
 def confirmation_units(spec: StudySpec, best: dict[str, Any]) -> list[dict[str, Any]]:
     """The best point and its baseline (γ = 0, λ = 0) on the confirmation samplings, paired by sampling."""
-    baseline = {**best, **{name: 0.0 for name in ("gamma", "filter_lambda") if name in best}}
+    if spec.search.confirm is None:
+        raise ValueError(f"{spec.name}: no search.confirm, so there are no confirmation units")
+    baseline: dict[str, Any] = {**best, **{name: 0.0 for name in ("gamma", "filter_lambda") if name in best}}
     points = [best] if baseline == best else [best, baseline]
     samplings = list(range(spec.search.confirm.n_samplings))
     size = spec.pack_size if spec.packs(best) else 1
@@ -115,9 +119,14 @@ def confirmation_units(spec: StudySpec, best: dict[str, Any]) -> list[dict[str, 
 def spec_params(spec: StudySpec) -> dict[str, Any]:
     """The spec flattened into dotted params for the MLflow UI (``sampling.k``, ``sweep.gamma.grid``, …),
     with every trial setting as it takes effect (``trial.lr``: the method's default when the spec gives none)."""
+
     def flat(prefix: str, value: Any) -> dict[str, Any]:
         if isinstance(value, dict):
-            return {k: v for key, item in value.items() for k, v in flat(f"{prefix}.{key}" if prefix else str(key), item).items()}
+            return {
+                k: v
+                for key, item in value.items()
+                for k, v in flat(f"{prefix}.{key}" if prefix else str(key), item).items()
+            }
         return {} if value is None else {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else value}
 
     return {**flat("", spec.model_dump(exclude={"quick", "trial"})), **flat("trial", spec.trial_config().model_dump())}

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 
@@ -59,7 +60,9 @@ def log_runs(uri: str, items: list[RunBatchItem], on_logged: Callable[[int, str]
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_ids = {name: experiment_of(client, name, uri).experiment_id for name in {item.experiment for item in items}}
+    experiment_ids = {
+        name: experiment_of(client, name, uri).experiment_id for name in {item.experiment for item in items}
+    }
 
     def one(index: int) -> str:
         run_id = log_run(uri, items[index], experiment_ids[items[index].experiment])
@@ -107,7 +110,12 @@ def _log_runs_sql(uri: str, items: list[RunBatchItem]) -> list[str]:
     store = _get_store(uri)
     experiments = {name: experiment_of(store, name, uri) for name in {item.experiment for item in items}}
     now = int(time.time() * 1000)
-    runs, tags, params, metrics, latest, run_ids = [], [], [], [], [], []
+    runs: list[Any] = []
+    tags: list[Any] = []
+    params: list[Any] = []
+    metrics: list[Any] = []
+    latest: list[Any] = []
+    run_ids: list[str] = []
     for item in items:
         RunStatus.from_string(item.status)
         run_tags = [RunTag(k, str(v)) for k, v in {**item.tags, MLFLOW_RUN_NAME: item.run_name}.items()]
@@ -119,11 +127,24 @@ def _log_runs_sql(uri: str, items: list[RunBatchItem]) -> list[str]:
             repo = get_artifact_repository(artifact_uri)
             for local, folder in item.artifacts:
                 repo.log_artifact(local, folder)
-        runs.append(dict(
-            run_uuid=run_id, name=item.run_name, source_type="UNKNOWN", source_name="", entry_point_name="",
-            user_id=item.tags.get("mlflow.user", "unknown"), status=item.status, start_time=now, end_time=now, deleted_time=None, source_version="",
-            lifecycle_stage=LifecycleStage.ACTIVE, artifact_uri=artifact_uri, experiment_id=int(experiment.experiment_id),
-        ))  # fmt: skip
+        runs.append(
+            dict(
+                run_uuid=run_id,
+                name=item.run_name,
+                source_type="UNKNOWN",
+                source_name="",
+                entry_point_name="",
+                user_id=item.tags.get("mlflow.user", "unknown"),
+                status=item.status,
+                start_time=now,
+                end_time=now,
+                deleted_time=None,
+                source_version="",
+                lifecycle_stage=LifecycleStage.ACTIVE,
+                artifact_uri=artifact_uri,
+                experiment_id=int(experiment.experiment_id),
+            )
+        )
         tags += [dict(run_uuid=run_id, key=t.key, value=t.value) for t in run_tags]
         params += [dict(run_uuid=run_id, key=p.key, value=p.value) for p in item.params]
         newest: dict[str, dict] = {}
@@ -137,7 +158,13 @@ def _log_runs_sql(uri: str, items: list[RunBatchItem]) -> list[str]:
         latest += newest.values()
         run_ids.append(run_id)
     with store.ManagedSessionMaker(read_only=False) as session:
-        for model, rows in ((SqlRun, runs), (SqlTag, tags), (SqlParam, params), (SqlMetric, metrics), (SqlLatestMetric, latest)):
+        for model, rows in (
+            (SqlRun, runs),
+            (SqlTag, tags),
+            (SqlParam, params),
+            (SqlMetric, metrics),
+            (SqlLatestMetric, latest),
+        ):
             if rows:
                 session.execute(model.__table__.insert(), rows)
     return run_ids

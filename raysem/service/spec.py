@@ -6,20 +6,29 @@ import itertools
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Optional, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from raysem.errors import SpecError
 from raysem.models.catalog import DEFAULT_MODEL
+from raysem.models.device import Precision
 from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
 from raysem.training.config import METHODS, TrialConfig, check_packable
 
 STUDY_KINDS = (
-    "distance_table", "accuracy_vs_distance", "single_fact_deviation", "multi_fact_analysis",
-    "filter_vs_random", "reweight", "quantities", "full_finetune", "sweep", "quick",
-)  # fmt: skip
+    "distance_table",
+    "accuracy_vs_distance",
+    "single_fact_deviation",
+    "multi_fact_analysis",
+    "filter_vs_random",
+    "reweight",
+    "quantities",
+    "full_finetune",
+    "sweep",
+    "quick",
+)
 FILTER_FIELDS = ("filter_mode", "filter_lambda", "replace", "mean_min", "mean_max")
 SAMPLING_FIELDS = ("k",)
 
@@ -32,7 +41,10 @@ TrialSettings: type[BaseModel] = create_model(
     "TrialSettings",
     __config__=ConfigDict(extra="forbid"),
     __doc__="TrialConfig fields shared by all trials; an unset field takes TrialConfig's default (lr: the method's).",
-    **{name: (f.annotation | None, Field(None, description=f.description)) for name, f in TrialConfig.model_fields.items()},  # type: ignore[call-overload]
+    **{
+        name: (Optional[f.annotation], Field(None, description=f.description))  # noqa: UP045  # a runtime annotation
+        for name, f in TrialConfig.model_fields.items()
+    },  # type: ignore[call-overload]  # fields built from TrialConfig's
 )
 
 
@@ -48,7 +60,7 @@ class Dimension(BaseModel):
     randint: tuple[int, int] | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Dimension":
+    def _one_kind(self) -> Dimension:
         kinds = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"give exactly one of grid/choice/uniform/loguniform/randint, got {kinds or 'none'}")
@@ -93,7 +105,7 @@ class Filter(BaseModel):
     mean_max: float | None = None
 
     @model_validator(mode="after")
-    def _bounds(self) -> "Filter":
+    def _bounds(self) -> Filter:
         if self.mean_min is not None and self.mean_max is not None and self.mean_min >= self.mean_max:
             raise ValueError(f"mean_min ({self.mean_min}) must be below mean_max ({self.mean_max})")
         return self
@@ -119,7 +131,9 @@ class Search(BaseModel):
         "(accuracy on the facts actually trained, which the replaced facts do not cap), else accuracy",
     )
     mode: Literal["max", "min"] = "max"
-    confirm: Confirm | None = Field(None, description="random/optuna: run the best point and the baseline on fresh samplings")
+    confirm: Confirm | None = Field(
+        None, description="random/optuna: run the best point and the baseline on fresh samplings"
+    )
 
 
 class Resources(BaseModel):
@@ -164,22 +178,30 @@ class StudySpec(BaseModel):
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     kind: Literal[STUDY_KINDS] = "quick"  # type: ignore[valid-type]
     model: str = DEFAULT_MODEL
-    prompt_style: PromptStyle = Field(DEFAULT_PROMPT_STYLE, description="chat or fewshot, for training and every answer")
+    prompt_style: PromptStyle = Field(
+        DEFAULT_PROMPT_STYLE, description="chat or fewshot, for training and every answer"
+    )
     answer_budget: AnswerBudget = Field("target", description="target: the reference's token count; free: free_tokens")
     free_tokens: int = Field(24, ge=1, description="answer budget under answer_budget: free (cut at the first newline)")
     dataset: str = "worldfacts"
     data_limit: int | None = Field(None, ge=1, description="use only the first N facts of the dataset")
     sampling: Sampling = Sampling()
-    trial: TrialSettings = Field(default_factory=TrialSettings, description="TrialConfig fields shared by all trials")  # type: ignore[valid-type]
+    trial: TrialSettings = Field(default_factory=TrialSettings, description="TrialConfig fields shared by all trials")
     filter: Filter = Filter()
     sweep: dict[str, Dimension] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(
-        default_factory=list, description="grid points left out: those matching every setting of an entry, e.g. {k: 1, gamma: 1.0}"
+        default_factory=list,
+        description="grid points left out: those matching every setting of an entry, e.g. {k: 1, gamma: 1.0}",
     )
     search: Search = Search()
     resources: Resources = Resources()
     max_concurrent: int = Field(1, ge=1)
     pack_size: int = Field(8, ge=1, description="single-fact LoRA trials trained together in one pack")
+    precision: Precision = Field(
+        "auto",
+        description="the resident model's dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or "
+        "float16; trainable weights and optimizer state stay float32",
+    )
     analyses: bool = False
     failure: Failure = Failure()
     tracking: Tracking = Tracking()
@@ -202,7 +224,7 @@ class StudySpec(BaseModel):
         return sweep
 
     @model_validator(mode="after")
-    def _consistent(self) -> "StudySpec":
+    def _consistent(self) -> StudySpec:
         try:
             self.trial_config()
         except ValidationError as exc:
@@ -217,8 +239,10 @@ class StudySpec(BaseModel):
             if self.search.algorithm == "grid":
                 raise ValueError("search.confirm follows a random or optuna search; a grid already runs every point")
             if self.search.confirm.seed == self.sampling.seed:
-                raise ValueError(f"search.confirm.seed must differ from sampling.seed ({self.sampling.seed}): "
-                                 "confirmation samplings are the ones the search never saw")  # fmt: skip
+                raise ValueError(
+                    f"search.confirm.seed must differ from sampling.seed ({self.sampling.seed}): "
+                    "confirmation samplings are the ones the search never saw"
+                )
         for entry in self.exclude:
             if self.search.algorithm != "grid" or not entry or set(entry) - set(self.sweep):
                 raise ValueError(f"exclude: {entry} must name swept dimensions of a grid search ({sorted(self.sweep)})")
@@ -252,8 +276,10 @@ class StudySpec(BaseModel):
                 try:
                     check_packable([cfg])
                 except ValueError as exc:
-                    raise ValueError(f"pack_size: {self.pack_size} packs single-fact LoRA trials, and {exc} at the point {point}; "
-                                     "set pack_size: 1 to run them unpacked") from None  # fmt: skip
+                    raise ValueError(
+                        f"pack_size: {self.pack_size} packs single-fact LoRA trials, and {exc} at the point {point}; "
+                        "set pack_size: 1 to run them unpacked"
+                    ) from None
 
     def point_config(self, point: dict[str, Any], seed: int | None = None) -> TrialConfig:
         """The TrialConfig of one sweep point (filter and set-size dimensions are not trial settings)."""
@@ -299,7 +325,11 @@ class StudySpec(BaseModel):
 
     def trial_config(self, **overrides: Any) -> TrialConfig:
         """The TrialConfig for one point of the sweep."""
-        fields = {k: v for k, v in {**self.trial.model_dump(exclude_none=True), **overrides}.items() if k in TrialConfig.model_fields}
+        fields = {
+            k: v
+            for k, v in {**self.trial.model_dump(exclude_none=True), **overrides}.items()
+            if k in TrialConfig.model_fields
+        }
         return TrialConfig(**fields)
 
     def ks(self) -> list[int]:
@@ -308,7 +338,9 @@ class StudySpec(BaseModel):
 
 
 def _check_value(name: str, value: Any) -> None:
-    if name in ("gamma", "filter_lambda") and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
+    if name in ("gamma", "filter_lambda") and (
+        not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+    ):
         raise ValueError(f"sweep.{name}: values must be finite numbers >= 0, got {value!r}")
     if name == "replace" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
         raise ValueError(f"sweep.replace: ρ must lie in [0, 1], got {value!r}")
@@ -356,9 +388,19 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
+@overload
+def load_spec(path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None) -> StudySpec: ...
+
+
+@overload
 def load_spec(
-    path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None, kind: type[SpecT] = StudySpec  # type: ignore[assignment]
-) -> SpecT:
+    path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None, *, kind: type[SpecT]
+) -> SpecT: ...
+
+
+def load_spec(
+    path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None, kind: type[BaseModel] = StudySpec
+) -> BaseModel:
     """Read and validate a spec (a ``StudySpec`` unless ``kind`` says otherwise); ``quick`` applies the spec's
     own ``quick:`` overrides, which are validated either way, so that a bad override fails here, not in a run."""
     path = Path(path)

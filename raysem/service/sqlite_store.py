@@ -41,7 +41,9 @@ def relocate_store(uri: str) -> int:
     changed = 0
     with closing(sqlite3.connect(db)) as con, con:
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-            rows = con.execute(f"SELECT rowid, {column} FROM {table} WHERE instr({column}, ?) > 0", (marker,)).fetchall()
+            rows = con.execute(
+                f"SELECT rowid, {column} FROM {table} WHERE instr({column}, ?) > 0", (marker,)
+            ).fetchall()
             for rowid, value in rows:
                 moved = here + value.split(marker, 1)[1]
                 if moved != value:

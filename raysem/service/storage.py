@@ -18,10 +18,30 @@ import psutil
 
 from raysem.errors import SpecError
 
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "efs", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "ceph", "cephfs", "beegfs", "gpfs",
-    "9p", "virtiofs", "fuse.s3fs", "fuse.mountpoint-s3", "fuse.gcsfuse", "fuse.juicefs", "fuse.sshfs", "fuse.cephfs",
-})  # fmt: skip
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "efs",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "lustre",
+        "glusterfs",
+        "ceph",
+        "cephfs",
+        "beegfs",
+        "gpfs",
+        "9p",
+        "virtiofs",
+        "fuse.s3fs",
+        "fuse.mountpoint-s3",
+        "fuse.gcsfuse",
+        "fuse.juicefs",
+        "fuse.sshfs",
+        "fuse.cephfs",
+    }
+)
 """Filesystem types (as /proc/mounts names them) that every node of a cluster can mount."""
 
 

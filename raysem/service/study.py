@@ -53,7 +53,9 @@ def check_resources(spec: StudySpec) -> None:
         wanted["DeepSpeed worker"] = spec.resources.full_ft_worker
     for what, bundle in wanted.items():
         if not any(all(node.get(r, 0) >= amount for r, amount in bundle.items()) for node in nodes):
-            offered = [{r: v for r, v in node.items() if not r.startswith("node:") and "memory" not in r} for node in nodes]
+            offered = [
+                {r: v for r, v in node.items() if not r.startswith("node:") and "memory" not in r} for node in nodes
+            ]
             raise ResourceError(
                 f"no node of the Ray cluster can offer a {what}'s resources {bundle}; nodes offer {offered}. "
                 "Change `resources` in the spec, or set resources.expect_autoscaling if an autoscaler adds such nodes."
@@ -84,7 +86,11 @@ class Progress(tune.Callback):
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = f"{(self.total - self.done) / rate:,.0f}s" if rate > 0 else "?"
         note = f", {failed} failed in this unit" if failed else ""
-        print(f"[raysem] trials {self.done}/{self.total}  {rate * 3600:,.0f}/h  ETA {eta}{note}", file=sys.stderr, flush=True)
+        print(
+            f"[raysem] trials {self.done}/{self.total}  {rate * 3600:,.0f}/h  ETA {eta}{note}",
+            file=sys.stderr,
+            flush=True,
+        )
         unit = trial.config.get("unit", trial.config)
         interrupt_at(unit.get("phase") or ("search" if "point" in trial.config else "grid"))
 
@@ -132,7 +138,9 @@ def _param_space(spec: StudySpec) -> tuple[dict[str, Any], Any, int]:
     return {"point": dims, "samplings": everything}, searcher, spec.search.num_samples
 
 
-def resolve_identity(spec: StudySpec, uri: str, identity: dict[str, Any], new_experiment: bool) -> tuple[StudySpec, str | None]:
+def resolve_identity(
+    spec: StudySpec, uri: str, identity: dict[str, Any], new_experiment: bool
+) -> tuple[StudySpec, str | None]:
     """The spec to run and the fingerprint its trial keys carry, after comparing its identity with the one
     recorded on every study run of its experiment: another identity is refused (SpecError naming the changed
     fields), or with ``new_experiment`` the study runs as ``<name>-<fingerprint>`` in an experiment of that
@@ -144,15 +152,24 @@ def resolve_identity(spec: StudySpec, uri: str, identity: dict[str, Any], new_ex
     except tracking.TrackingUnavailable:
         return spec, fp  # the keys still carry the fingerprint: nothing of another identity is skipped
     if recorded and all(value is None for *_, value in recorded):
-        print(f"raysem: experiment {spec.experiment!r} was begun before study identities were recorded; its trials keep their keys")
+        print(
+            f"raysem: experiment {spec.experiment!r} was begun before study identities were recorded; its trials keep their keys"
+        )
         return spec, None
     for run_id, name, value in recorded:
         if value is None or fingerprint(json.loads(value)) == fp:
             continue
         if new_experiment:
             suffix = f"-{fp[:8]}"
-            renamed = spec.model_copy(update={"name": spec.name + suffix, "tracking": spec.tracking.model_copy(update={"experiment": spec.experiment + suffix})})
-            print(f"raysem: the spec differs from study run {name}; running it as study {renamed.name} in experiment {renamed.experiment!r}")
+            renamed = spec.model_copy(
+                update={
+                    "name": spec.name + suffix,
+                    "tracking": spec.tracking.model_copy(update={"experiment": spec.experiment + suffix}),
+                }
+            )
+            print(
+                f"raysem: the spec differs from study run {name}; running it as study {renamed.name} in experiment {renamed.experiment!r}"
+            )
             return resolve_identity(renamed, uri, identity, False)
         changes = "; ".join(identity_changes(json.loads(value), identity))
         raise SpecError(
@@ -162,7 +179,9 @@ def resolve_identity(spec: StudySpec, uri: str, identity: dict[str, Any], new_ex
     return spec, fp
 
 
-def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = False, new_experiment: bool = False) -> StudyOutcome:
+def run_study(
+    spec: StudySpec, *, address: str | None = None, resume: bool = False, new_experiment: bool = False
+) -> StudyOutcome:
     """Run (or resume) a study on the Ray cluster at ``address`` (local Ray when none), logging to MLflow;
     ``new_experiment`` runs a spec whose identity differs from its experiment's under a new name instead of refusing it."""
     import ray
@@ -176,8 +195,12 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         else:
             init_local_ray()
     check_resources(spec)
-    check_storage(spec.storage_path, hosts=cluster_hosts(), autoscaling=spec.resources.expect_autoscaling,
-                  declared_shared=spec.storage_shared)  # fmt: skip
+    check_storage(
+        spec.storage_path,
+        hosts=cluster_hosts(),
+        autoscaling=spec.resources.expect_autoscaling,
+        declared_shared=spec.storage_shared,
+    )
     uri = tracking.absolute_uri(spec.tracking.uri)
     factset, needed = study_facts(spec)
     identity = study_identity(spec, factset.sha256)
@@ -202,11 +225,18 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
             if pending.exists():
                 logged, already, errors = tracking.sync_pending(uri, pending)
                 if logged or already or errors:
-                    print(f"raysem: trials kept by the interrupted run: {logged} logged now, {already} were in MLflow already"
-                          + (f"; not logged: {errors}" if errors else ""))  # fmt: skip
+                    print(
+                        f"raysem: trials kept by the interrupted run: {logged} logged now, {already} were in MLflow already"
+                        + (f"; not logged: {errors}" if errors else "")
+                    )
         else:
-            params = {"spec": spec.model_dump_json(), "objective": spec.objective, **spec_params(spec),
-                      IDENTITY_PARAM: json.dumps(identity, sort_keys=True), "fingerprint": fp or ""}  # fmt: skip
+            params = {
+                "spec": spec.model_dump_json(),
+                "objective": spec.objective,
+                **spec_params(spec),
+                IDENTITY_PARAM: json.dumps(identity, sort_keys=True),
+                "fingerprint": fp or "none",
+            }
             parent_id = tracking.start_study(uri, spec.experiment, spec.name, tags, params)
             study_dir.mkdir(parents=True, exist_ok=True)
             parent_file.write_text(parent_id)
@@ -214,8 +244,12 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
         print(f"raysem: {exc}. Trial results are kept in {pending}; run `raysem sync` once the server is back.")
 
     logger = tracking.start_logger(uri, spec.experiment, parent_id, pending, tags)
-    context = StudyContext(spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger, fp, os.environ.get(BARRIER))
-    trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources=spec.resources.bundle())
+    context = StudyContext(
+        spec.model_dump_json(), table, [f.to_dict() for f in factset.facts], logger, fp, os.environ.get(BARRIER)
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_trainable, context=context), resources=spec.resources.bundle()
+    )
     total = count_trials(spec)
     progress = Progress(total)
     param_space, searcher, num_samples = _param_space(spec)
@@ -235,24 +269,36 @@ def run_study(spec: StudySpec, *, address: str | None = None, resume: bool = Fal
                     _confirm(spec, best, trainable, storage, progress, resume, stop)
             interrupt_at("end")
             if stop.received:
-                raise StudyInterrupted("the study stopped (SIGINT) after its last phase, before it was marked "
-                                       "finished. Every trial is logged; rerun with --resume to finish it.")  # fmt: skip
+                raise StudyInterrupted(
+                    "the study stopped (SIGINT) after its last phase, before it was marked "
+                    "finished. Every trial is logged; rerun with --resume to finish it."
+                )
         status = "FINISHED"
     finally:
         left = ray.get(logger.flush.remote())
         ran = ray.get(logger.recorded_count.remote())
         if parent_id:
             try:
-                tracking.with_retries(lambda: tracking.finish_study(uri, parent_id, status), f"marking the study run {parent_id} {status}")
+                tracking.with_retries(
+                    lambda: tracking.finish_study(uri, parent_id, status), f"marking the study run {parent_id} {status}"
+                )
             except tracking.TrackingUnavailable as exc:  # the trials are safe; only the parent run's status is stale
                 print(f"raysem: {exc}; the study run stays RUNNING in MLflow")
         ray.kill(logger)
-    return StudyOutcome(spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best, ran)
+    return StudyOutcome(
+        spec.name, spec.experiment, uri, parent_id, total, time.time() - started, left, storage, best, ran
+    )
 
 
 def _tuner(
-    spec: StudySpec, trainable: Any, folder: Path, param_space: dict[str, Any], searcher: Any, num_samples: int,
-    progress: "Progress", resume: bool,
+    spec: StudySpec,
+    trainable: Any,
+    folder: Path,
+    param_space: dict[str, Any],
+    searcher: Any,
+    num_samples: int,
+    progress: Progress,
+    resume: bool,
 ) -> tune.Tuner:
     """The Tuner of one Tune run in ``folder`` (its name under the storage path): restored when resuming
     and restorable, else new with the spec's concurrency and failure policy.
@@ -261,8 +307,16 @@ def _tuner(
     (γ = 2 added, more samplings), or when the folder has no record of its trials, starts a new Tune run
     instead, whose trials already in MLflow are skipped; a changed search cannot be resumed and is refused."""
     stamp = folder / "raysem-trials.sha1"
-    shape = json.dumps({"space": param_space if searcher is None else spec.model_dump(include={"sweep", "search", "sampling", "exclude"}),
-                        "num_samples": num_samples}, sort_keys=True, default=str)  # fmt: skip
+    shape = json.dumps(
+        {
+            "space": param_space
+            if searcher is None
+            else spec.model_dump(include={"sweep", "search", "sampling", "exclude"}),
+            "num_samples": num_samples,
+        },
+        sort_keys=True,
+        default=str,
+    )
     digest = hashlib.sha1(shape.encode()).hexdigest()
     if resume and restorable(folder):
         same = stamp.is_file() and stamp.read_text() == digest
@@ -271,17 +325,23 @@ def _tuner(
                 str(folder), trainable, resume_unfinished=True, resume_errored=True, param_space=param_space
             )
         if searcher is not None:
-            raise SpecError(f"{spec.name}: the sweep, search or sampling changed since the interrupted run in {folder}; "
-                            "a search resumes only as it started (start a new study name for the new search)")  # fmt: skip
-        print(f"raysem: {folder.name}: the spec's trials changed since the interrupted run (or it kept no record of them); "
-              "starting a new Tune run (trials already in MLflow are skipped)")  # fmt: skip
+            raise SpecError(
+                f"{spec.name}: the sweep, search or sampling changed since the interrupted run in {folder}; "
+                "a search resumes only as it started (start a new study name for the new search)"
+            )
+        print(
+            f"raysem: {folder.name}: the spec's trials changed since the interrupted run (or it kept no record of them); "
+            "starting a new Tune run (trials already in MLflow are skipped)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest)
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            num_samples=num_samples, reuse_actors=True, search_alg=searcher,
+            num_samples=num_samples,
+            reuse_actors=True,
+            search_alg=searcher,
             # a random search's variant generator limits its own concurrency (Tune ignores this one for it)
             max_concurrent_trials=None if spec.search.algorithm == "random" else spec.max_concurrent,
         ),
@@ -303,11 +363,21 @@ def restorable(folder: Path) -> bool:
 
 
 def _confirm(
-    spec: StudySpec, best: dict[str, Any], trainable: Any, storage: Path, progress: "Progress", resume: bool, stop: StopOnSigint
+    spec: StudySpec,
+    best: dict[str, Any],
+    trainable: Any,
+    storage: Path,
+    progress: Progress,
+    resume: bool,
+    stop: StopOnSigint,
 ) -> None:
     """Run the confirmation units as a grid of their own (``<name>-confirm``); resumable like any study."""
     units = {"unit": tune.grid_search(confirmation_units(spec, best))}
-    _fit(_tuner(spec, trainable, storage / f"{spec.name}-confirm", units, None, 1, progress, resume), _tune_trials(units, 1), stop)
+    _fit(
+        _tuner(spec, trainable, storage / f"{spec.name}-confirm", units, None, 1, progress, resume),
+        _tune_trials(units, 1),
+        stop,
+    )
 
 
 def _tune_trials(param_space: dict[str, Any], num_samples: int) -> int:
@@ -322,11 +392,15 @@ def _fit(tuner: tune.Tuner, expected: int, stop: StopOnSigint) -> tune.ResultGri
     TERMINATED like finished ones, and what comes next (a best point, a finished study run) needs them all."""
     results = None if stop.received else tuner.fit()
     ended = sum(1 for r in results if r.error is not None or "trials_run" in r.metrics) if results else 0
-    if stop.received or ended < expected:
+    if results is None or stop.received or ended < expected:
         where = f"the Tune run at {results.experiment_path}" if results else "the study"
         raise StudyInterrupted(
             f"{where} stopped with {ended} of {expected} Tune trials ended "
-            + ("(SIGINT). " if stop.received else f"({results.num_errors} errored; failure.fail_fast after a failed trial?). ")
+            + (
+                "(SIGINT). "
+                if results is None or stop.received
+                else f"({results.num_errors} errored; failure.fail_fast after a failed trial?). "
+            )
             + "Every finished trial is logged; rerun with --resume to run the rest."
         )
     return results

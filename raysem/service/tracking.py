@@ -15,9 +15,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +83,9 @@ def _client(uri: str):
 def start_study(uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
     """Create the study's parent run and return its id (raises if MLflow is unreachable)."""
     client = _client(uri)
-    run = client.create_run(experiment_of(client, experiment, uri).experiment_id, run_name=run_name, tags={ROLE: "study", **tags})
+    run = client.create_run(
+        experiment_of(client, experiment, uri).experiment_id, run_name=run_name, tags={ROLE: "study", **tags}
+    )
     client.log_batch(run.info.run_id, params=_params(params))
     return run.info.run_id
 
@@ -109,7 +112,11 @@ def study_identities(uri: str, experiment: str, param: str) -> list[tuple[str, s
 
 def finished_trial_keys(uri: str, experiment: str) -> set[str]:
     """Trial keys that already have a FINISHED or FAILED child run in the experiment (not to be redone)."""
-    return {run.data.tags[KEY] for run in search_trial_runs(uri, experiment, "attributes.status != 'RUNNING'") if KEY in run.data.tags and run.info.status in ("FINISHED", "FAILED")}
+    return {
+        run.data.tags[KEY]
+        for run in search_trial_runs(uri, experiment, "attributes.status != 'RUNNING'")
+        if KEY in run.data.tags and run.info.status in ("FINISHED", "FAILED")
+    }
 
 
 def close_orphaned_runs(uri: str, experiment: str) -> int:
@@ -130,7 +137,12 @@ def search_trial_runs(uri: str, experiment: str, condition: str | None = None) -
         return []
     runs, token = [], None
     while True:
-        page = client.search_runs([found.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'" + (f" and {condition}" if condition else ""), max_results=5000, page_token=token)
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'trial'" + (f" and {condition}" if condition else ""),
+            max_results=5000,
+            page_token=token,
+        )
         runs += page
         token = page.token
         if not token:
@@ -202,7 +214,12 @@ class PendingTrial:
         features = result.analysis.get("features")
         if features is not None and len(features):
             dist = [r["dist_old"] for r in result.records]
-            np.savez(tmp / "features.npz", features=np.asarray(features, dtype=np.float32), dist_old=np.asarray(dist), fact_ids=np.asarray([r["fact_id"] for r in result.records]))
+            np.savez(
+                tmp / "features.npz",
+                features=np.asarray(features, dtype=np.float32),
+                dist_old=np.asarray(dist),
+                fact_ids=np.asarray([r["fact_id"] for r in result.records]),
+            )
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -219,25 +236,35 @@ def pending_run(folder: Path) -> RunBatchItem:
     if meta.get("error"):
         tags["raysem.error"] = meta["error"][:5000]
     artifacts = [(str(folder / "facts.parquet"), "records")]
-    artifacts += [(str(folder / name), "analysis") for name in ("frobenius.json", "features.npz") if (folder / name).exists()]
+    artifacts += [
+        (str(folder / name), "analysis") for name in ("frobenius.json", "features.npz") if (folder / name).exists()
+    ]
     return RunBatchItem(
-        experiment=meta["experiment"], run_name=meta.get("run_name") or meta["trial_key"], tags=tags,
-        params=_params(meta["params"]), metrics=_metrics(meta["metrics"], meta["loss_curve"]),
-        status="FAILED" if meta.get("error") else "FINISHED", artifacts=artifacts,
-    )  # fmt: skip
+        experiment=meta["experiment"],
+        run_name=meta.get("run_name") or meta["trial_key"],
+        tags=tags,
+        params=_params(meta["params"]),
+        metrics=_metrics(meta["metrics"], meta["loss_curve"]),
+        status="FAILED" if meta.get("error") else "FINISHED",
+        artifacts=artifacts,
+    )
 
 
 def log_pending(uri: str, folders: list[Path]) -> list[str]:
     """Log pending trial folders as MLflow child runs (one transaction for a SQL store), then remove
     the folders; returns the run ids."""
-    return log_runs(uri, [pending_run(folder) for folder in folders], on_logged=lambda index, _: shutil.rmtree(folders[index]))
+    return log_runs(
+        uri, [pending_run(folder) for folder in folders], on_logged=lambda index, _: shutil.rmtree(folders[index])
+    )
 
 
 def record_trials(uri: str, folders: list[Path]) -> bool:
     """Log trials kept by ``PendingTrial.write``; True once all are in MLflow. On failure the rest stay
     on disk for ``raysem sync``. Before a retry, trials that MLflow holds after all (a call that failed
     in flight may still have been applied) are dropped, so no trial is logged twice."""
-    names = ", ".join(folder.name for folder in folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+    names = ", ".join(folder.name for folder in folders[:3]) + (
+        f" and {len(folders) - 3} more" if len(folders) > 3 else ""
+    )
     where = folders[0].parent
     try:
         check_reachable(uri)
@@ -254,7 +281,7 @@ def record_trials(uri: str, folders: list[Path]) -> bool:
                         shutil.rmtree(folder)
             log_pending(uri, [folder for folder in folders if folder.exists()])
             return True
-        except Exception as exc:  # noqa: BLE001 - any tracking failure keeps the local copy
+        except Exception as exc:
             last = exc
             time.sleep(0.5 * (attempt + 1))
     print(f"raysem: could not log trials {names} to {uri} ({last}); kept in {where}, run `raysem sync` later")
@@ -281,7 +308,7 @@ def sync_pending(uri: str, pending_dir: Path, batch: int = 500) -> tuple[int, in
         chunk = todo[start : start + batch]
         try:
             logged += len(log_pending(uri, chunk))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"{chunk[0].name} … {chunk[-1].name} ({len(chunk)} trials): {exc}")
     return logged, already, errors
 
@@ -295,11 +322,11 @@ def with_retries(read: Callable[[], Any], what: str) -> Any:
     for delay in RETRY_DELAYS:
         try:
             return read()
-        except Exception:  # noqa: BLE001 - any store error is retried
+        except Exception:
             time.sleep(delay)
     try:
         return read()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise TrackingUnavailable(f"{what} failed {len(RETRY_DELAYS) + 1} times: {exc}") from exc
 
 
@@ -334,16 +361,21 @@ class TrialLogger:
         this logger records trials, so each call costs O(len(keys)). A trial kept on disk for a
         later log counts as done: it is never run twice."""
         if self._done is None:
-            self._done = with_retries(lambda: finished_trial_keys(self.uri, self.experiment), f"reading finished trials from {self.uri}")
+            self._done = with_retries(
+                lambda: finished_trial_keys(self.uri, self.experiment), f"reading finished trials from {self.uri}"
+            )
         return [k for k in keys if k in self._done or (self.pending / k).is_dir()]
 
     def metric_of(self, keys: list[str], metric: str) -> list[float]:
         """``metric`` as logged by the finished run of each trial key (NaN where it has none): a unit that
         resumes with trials done reports their objective, not only that of the trials it runs."""
+
         def read() -> list[float]:
             values = []
             for key in keys:
-                runs = search_trial_runs(self.uri, self.experiment, f"tags.`{KEY}` = '{key}' and attributes.status = 'FINISHED'")
+                runs = search_trial_runs(
+                    self.uri, self.experiment, f"tags.`{KEY}` = '{key}' and attributes.status = 'FINISHED'"
+                )
                 values.append(runs[0].data.metrics.get(metric, math.nan) if runs else math.nan)
             return values
 
@@ -379,7 +411,11 @@ class TrialLogger:
         return logged
 
     def _kept(self) -> list[Path]:
-        return sorted(p for p in self.pending.glob("*") if p.is_dir() and not p.name.startswith(".")) if self.pending.exists() else []
+        return (
+            sorted(p for p in self.pending.glob("*") if p.is_dir() and not p.name.startswith("."))
+            if self.pending.exists()
+            else []
+        )
 
     def pending_count(self) -> int:
         return len(self._kept())

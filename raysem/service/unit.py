@@ -17,7 +17,7 @@ from raysem.data.facts import Fact
 from raysem.service.interrupt import wait_at_barrier
 from raysem.service.planning import trial_key, trial_params
 from raysem.service.spec import FILTER_FIELDS, StudySpec
-from raysem.training.results import TrialResult
+from raysem.training.results import TrialResult, trial_aggregates
 
 
 @dataclass
@@ -39,18 +39,30 @@ _WORKER: dict[str, Any] = {}
 
 
 def _resident(spec: StudySpec):
-    """The worker's resident base model under the study's prompting (loaded once per worker process)."""
+    """The worker's resident base model under the study's prompting, on the device Ray assigned this worker
+    and in the spec's precision (loaded once per worker process); ``_WORKER["params"]`` says where it runs."""
+    import ray
+
+    from raysem.models.device import assigned_device, device_params, resolve_dtype
     from raysem.training.trial import ResidentModel
 
-    key = (spec.model, spec.prompting)
+    device = assigned_device(ray.get_gpu_ids())
+    dtype = resolve_dtype(spec.precision, device)
+    key = (spec.model, spec.prompting, device, dtype)
     if _WORKER.get("key") != key:
-        _WORKER["resident"] = ResidentModel(spec.model, prompting=spec.prompting)
-        _WORKER["key"] = key
+        _WORKER["resident"] = ResidentModel(spec.model, dtype=dtype, device=device, prompting=spec.prompting)
+        _WORKER["key"], _WORKER["params"] = key, device_params(device, dtype)
     return _WORKER["resident"]
 
 
-def _failed_result(key: str, cfg_dump: dict[str, Any], train: list[Fact], test: list[Fact], error: str) -> TrialResult:
-    return TrialResult(key, cfg_dump, [f.id for f in train], [f.id for f in test], [], {"failed": 1.0}, [], {"error": error})
+def _failed_result(
+    key: str, cfg_dump: dict[str, Any], test: list[Fact], table: pd.DataFrame, error: str
+) -> TrialResult:
+    """A trial that raised before it had records: its aggregates as ``trial_aggregates`` gives them (NaN metrics)."""
+    dist = dict(zip(table["fact_id"], table["dist_old"]))
+    ids = [f.id for f in test]
+    aggregates = trial_aggregates([], ids, [dist.get(i, float("nan")) for i in ids], n_test=len(test), failed=True)
+    return TrialResult(key, cfg_dump, ids, ids, [], aggregates, [], {"error": error})
 
 
 def _training_set(
@@ -68,17 +80,31 @@ def _training_set(
     chosen = {f.id for f in test}
     pool = [f.id for f in facts if f.id not in chosen and f.id in dist]
     result = replace_training_set(
-        filt["filter_mode"], [f.id for f in test], [dist[f.id] for f in test], pool, [dist[i] for i in pool],
-        replace=filt["replace"], lam=filt["filter_lambda"], mean_min=filt["mean_min"], mean_max=filt["mean_max"], seed=seed,
-    )  # fmt: skip
+        filt["filter_mode"],
+        [f.id for f in test],
+        [dist[f.id] for f in test],
+        pool,
+        [dist[i] for i in pool],
+        replace=filt["replace"],
+        lam=filt["filter_lambda"],
+        mean_min=filt["mean_min"],
+        mean_max=filt["mean_max"],
+        seed=seed,
+    )
     by_id = {f.id: f for f in facts}
-    counts = {"filter_kept_undefined": float(len(result.kept_undefined)), "filter_pool_excluded": float(len(result.excluded_pool))}
+    counts = {
+        "filter_kept_undefined": float(len(result.kept_undefined)),
+        "filter_pool_excluded": float(len(result.excluded_pool)),
+    }
     return [by_id[i] for i in result.train_ids], counts
 
 
 def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
     """Run one unit inside a Tune trial: its trials, logged one MLflow child run each; returns the unit summary."""
+    import ray
+
     from raysem.data.sampling import sample_fact_sets
+    from raysem.models.device import assigned_device
     from raysem.semantics.tables import base_lookup
     from raysem.training.full_finetune import run_full_finetune
     from raysem.training.packed import run_packed_trials
@@ -92,22 +118,32 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
     facts = [Fact.from_dict(f) for f in context.facts]
     base = base_lookup(context.table)
     if phase == "confirm":
-        sets = sample_fact_sets(facts, k, spec.search.confirm.n_samplings, spec.search.confirm.seed)
+        confirm = spec.search.confirm
+        assert confirm is not None, "confirmation units come from search.confirm"
+        sets = sample_fact_sets(facts, k, confirm.n_samplings, confirm.seed)
     else:
         sets = sample_fact_sets(facts, k, spec.sampling.n_for(k), spec.sampling.seed)
-    import ray
-
     keyed = {**point, "phase": "confirm"} if phase == "confirm" else point
     keys = {s: trial_key(keyed, s, k, context.fingerprint) for s in samplings}
+    assigned_device(ray.get_gpu_ids())  # a reserved GPU that CUDA cannot see stops the unit, before any trial
     wait_at_barrier(context.barrier)
     done = set(ray.get(context.logger.done_among.remote(list(keys.values()))))
     base_seed = spec.trial_config().seed
-    todo = [(keys[s], s, spec.point_config(point, seed=base_seed + s), sets[s]) for s in samplings if keys[s] not in done]
+    todo = [
+        (keys[s], s, spec.point_config(point, seed=base_seed + s), sets[s]) for s in samplings if keys[s] not in done
+    ]
 
     results: list[tuple[str, int, Any, TrialResult, str | None]] = []
     if todo and spec.packs(point):
         resident = _resident(spec)
-        packed = run_packed_trials(resident.lm, [t[3][0] for t in todo], [t[2] for t in todo], base, resident.embedder, trial_ids=[t[0] for t in todo])
+        packed = run_packed_trials(
+            resident.lm,
+            [t[3][0] for t in todo],
+            [t[2] for t in todo],
+            base,
+            resident.embedder,
+            trial_ids=[t[0] for t in todo],
+        )
         for (key, s, cfg, _), result in zip(todo, packed):
             results.append((key, s, cfg, result, result.analysis.get("error")))
     else:
@@ -116,26 +152,38 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
                 train, filter_counts = _training_set(spec, point, test, facts, context.table, base_seed + s)
                 if cfg.method == "full":
                     result = run_full_finetune(
-                        spec.model, train, test, base, cfg,
+                        spec.model,
+                        train,
+                        test,
+                        base,
+                        cfg,
                         use_gpu=spec.resources.gpu > 0 or "GPU" in spec.resources.full_ft_worker,
                         resources_per_worker=spec.resources.full_ft_worker or None,
-                        storage_path=str(Path(spec.storage_path).resolve()), trial_id=key,
-                        wait_for_resources=spec.resources.expect_autoscaling, prompting=spec.prompting,
+                        storage_path=str(Path(spec.storage_path).resolve()),
+                        trial_id=key,
+                        wait_for_resources=spec.resources.expect_autoscaling,
+                        prompting=spec.prompting,
                         max_failures=spec.failure.max_failures,
-                    )  # fmt: skip
+                    )
                 else:
                     result = run_trial(_resident(spec), train, test, base, cfg, trial_id=key, analyses=spec.analyses)
                 result.aggregates.update(filter_counts)
                 results.append((key, s, cfg, result, None))
             except (RuntimeError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                results.append((key, s, cfg, _failed_result(key, cfg.model_dump(), test, test, error), error))
+                message = f"{type(exc).__name__}: {exc}"
+                results.append(
+                    (key, s, cfg, _failed_result(key, cfg.model_dump(), test, context.table, message), message)
+                )
                 traceback.print_exc()
 
     objective, logged = [], []
     for key, s, cfg, result, error in results:
-        result.aggregates.setdefault("failed", 1.0 if error else 0.0)
-        params = {**trial_params(spec, point, s, k, cfg.model_dump()), "phase": phase, "fingerprint": context.fingerprint or ""}
+        params = {
+            **trial_params(spec, point, s, k, cfg.model_dump()),
+            "phase": phase,
+            "fingerprint": context.fingerprint or "none",
+            **(_WORKER.get("params", {}) if cfg.method != "full" else {}),  # DeepSpeed's workers place themselves
+        }
         logged.append((key, params, result, error))
         if not error:
             objective.append(result.aggregates.get(spec.objective, float("nan")))

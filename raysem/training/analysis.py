@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -127,4 +127,8 @@ def pca(features: np.ndarray, n_components: int = 15, seed: int = 0, solver: str
     model = PCA(n_components=k, svd_solver=solver, random_state=seed)
     scores = model.fit_transform(x)
     scores = scores * np.sign(scores[np.abs(scores).argmax(axis=0), np.arange(k)])
-    return PCAResult(scores=scores, explained_variance=model.explained_variance_, explained_variance_ratio=model.explained_variance_ratio_)
+    return PCAResult(
+        scores=scores,
+        explained_variance=model.explained_variance_,
+        explained_variance_ratio=model.explained_variance_ratio_,
+    )

@@ -32,7 +32,9 @@ class TrialConfig(BaseModel):
         description="adamw (default) or sgd (plain, no momentum); AdamW cancels a constant loss factor, so γ "
         "acts on a single-fact trial only under sgd",
     )
-    lr: float = Field(DEFAULT_LR["lora"], gt=0, description="learning rate; omitted or None: DEFAULT_LR[method] (tuned for AdamW)")
+    lr: float = Field(
+        DEFAULT_LR["lora"], gt=0, description="learning rate; omitted or None: DEFAULT_LR[method] (tuned for AdamW)"
+    )
     steps: int = Field(21, ge=1, description="optimizer steps (each over one batch)")
     batch_size: int = Field(16, ge=1, description="facts per optimizer step for k-fact trials")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW) / L2 (SGD)")
@@ -80,5 +82,7 @@ def check_packable(cfgs: Sequence[TrialConfig]) -> TrialConfig:
     if cfgs[0].method != "lora":
         raise ValueError(f"packed trials run LoRA only, not method {cfgs[0].method!r}")
     if cfgs[0].dropout:
-        raise ValueError(f"packed trials need dropout 0 (per-trial dropout masks cannot match unpacked ones), got {cfgs[0].dropout}")
+        raise ValueError(
+            f"packed trials need dropout 0 (per-trial dropout masks cannot match unpacked ones), got {cfgs[0].dropout}"
+        )
     return cfgs[0]

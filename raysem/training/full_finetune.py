@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -89,7 +90,9 @@ def deepspeed_config(cfg: TrialConfig, world_size: int, batch_size: int, bf16: b
     }
 
 
-def _gathered_model(engine: Any, model: str, prompting: Prompting, rank: int, device: torch.device | None) -> LoadedModel | None:
+def _gathered_model(
+    engine: Any, model: str, prompting: Prompting, rank: int, device: torch.device | None
+) -> LoadedModel | None:
     """ZeRO-3 partitions the weights: gather them (a collective), free the engine, and load them into a
     fresh copy on rank 0 (on ``device`` in bf16 when training ran on a GPU)."""
     import deepspeed
@@ -115,7 +118,13 @@ def _gathered_model(engine: Any, model: str, prompting: Prompting, rank: int, de
 
 
 def shard_loss(
-    model: nn.Module, lm: LoadedModel, batch_facts: Sequence[Fact], base: dict[str, BaseRecord], cfg: TrialConfig, rank: int, world_size: int
+    model: nn.Module,
+    lm: LoadedModel,
+    batch_facts: Sequence[Fact],
+    base: dict[str, BaseRecord],
+    cfg: TrialConfig,
+    rank: int,
+    world_size: int,
 ) -> torch.Tensor:
     """This rank's part of the batch loss: Σ over its shard of (1 + γ·λ_i)·L_i, times ``world_size / |batch|``.
 
@@ -185,10 +194,18 @@ def _train_worker(config: dict[str, Any]) -> TrialResult | _Diverged | None:
     tuned = _gathered_model(engine, config["model"], config["prompting"], rank, device) if cfg.zero_stage == 3 else lm
     if rank != 0:
         return None
+    assert tuned is not None and embedder is not None, "rank 0 holds the gathered model and the embedder"
     return finish_trial(
-        tuned, embedder, train_facts, config["test_facts"], base, cfg,
-        trial_id=config["trial_id"], loss_curve=loss_curve, tokens=tokens,
-    )  # fmt: skip
+        tuned,
+        embedder,
+        train_facts,
+        config["test_facts"],
+        base,
+        cfg,
+        trial_id=config["trial_id"],
+        loss_curve=loss_curve,
+        tokens=tokens,
+    )
 
 
 def _check_cluster_resources(num_workers: int, per_worker: dict[str, float]) -> None:

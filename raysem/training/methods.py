@@ -9,6 +9,7 @@ bit-identical to what it was and every parameter's ``requires_grad`` flag is as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,7 +74,7 @@ class Attachment:
     def _detach(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "Attachment":
+    def __enter__(self) -> Attachment:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -180,7 +181,7 @@ def ia3_config() -> IA3Config:
     return IA3Config()
 
 
-_ATTACHMENTS: dict[str, type[Attachment]] = {
+_ATTACHMENTS: dict[str, Callable[[nn.Module, TrialConfig], Attachment]] = {
     "lora": PeftAttachment,
     "adalora": PeftAttachment,
     "ia3": PeftAttachment,

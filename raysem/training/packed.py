@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from raysem.semantics.evaluate import BaseRecord, check_base, evaluate_facts
 from raysem.semantics.loss import check_gamma, loss_weights, per_example_loss
 from raysem.training.config import TrialConfig, check_packable
 from raysem.training.optim import build_optimizer
-from raysem.training.results import TrialResult, aggregate
+from raysem.training.results import TrialResult, trial_aggregates
 
 
 def is_target_module(name: str, target_modules: Sequence[str]) -> bool:
@@ -37,9 +38,7 @@ def is_target_module(name: str, target_modules: Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in target_modules)
 
 
-def lora_init(
-    seed: int, shapes: Sequence[tuple[int, int]], rank: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def lora_init(seed: int, shapes: Sequence[tuple[int, int]], rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(A, B) for each target module of shape (in, out), drawn as PEFT does after ``torch.manual_seed(seed)``.
 
     PEFT builds ``nn.Linear(in, r)`` and ``nn.Linear(r, out)`` (each drawing its default
@@ -106,7 +105,9 @@ class PackedLoraLinear(nn.Module):
         rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(dtype)
         hidden = torch.bmm(rows, lora_a.to(dtype).transpose(1, 2))
         # result + scale · B(A x) in one batched GEMM
-        out = torch.baddbmm(result.reshape(*rows.shape[:2], -1).to(dtype), hidden, lora_b.to(dtype).transpose(1, 2), alpha=self.scale)
+        out = torch.baddbmm(
+            result.reshape(*rows.shape[:2], -1).to(dtype), hidden, lora_b.to(dtype).transpose(1, 2), alpha=self.scale
+        )
         return out.view(result.shape).to(result.dtype)
 
 
@@ -226,12 +227,6 @@ def _clip_per_trial(params: list[nn.Parameter], max_norm: float) -> None:
         p.grad.mul_(coef.view(-1, *([1] * (p.dim() - 1))))
 
 
-DEFAULT_PACK_SIZE = 32
-"""Pack size for CPU workers. Measured with ``raysem bench`` (SmolLM2-135M, 20 steps, one thread per
-worker): per-trial throughput is flat from K = 8 to 64 once rows run in length-sorted micro-batches,
-so 32 takes the middle of the plateau, with evaluation batches that are nearly full and bounded
-memory."""
-
 DEFAULT_MICRO_BATCH = 16
 """Rows per forward/backward in packed training: on CPU, GEMMs of 16 rows of ~50 tokens already run
 near the matmul peak, and length-sorted groups of 16 cut the padding a whole pack would carry."""
@@ -249,7 +244,9 @@ class _Group:
     weights: torch.Tensor
 
 
-def _plan(batch: TargetBatch, weights: torch.Tensor, alive: list[int], lengths: list[int], size: int | None) -> list[_Group]:
+def _plan(
+    batch: TargetBatch, weights: torch.Tensor, alive: list[int], lengths: list[int], size: int | None
+) -> list[_Group]:
     """The micro-batches of the live trials (see ``_micro_batches``), with their sub-batches and index tensors."""
     n, device = batch.input_ids.shape[0], batch.input_ids.device
     groups = []
@@ -286,8 +283,12 @@ def train_packed(
         raise ValueError(f"{len(facts)} facts, {len(cfgs)} configs and {packed.n_trials} packed adapters must match")
     device = lm.device
     batch = encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts]).to(device)
-    weights = torch.cat([loss_weights([base[f.id]["dist_old"]], check_gamma(c.gamma)) for f, c in zip(facts, cfgs)]).to(device)
-    return train_packed_batch(lm.model, packed, batch, weights, cfg, [f"fact {f.id}" for f in facts], micro_batch, autocast)
+    weights = torch.cat([loss_weights([base[f.id]["dist_old"]], check_gamma(c.gamma)) for f, c in zip(facts, cfgs)]).to(
+        device
+    )
+    return train_packed_batch(
+        lm.model, packed, batch, weights, cfg, [f"fact {f.id}" for f in facts], micro_batch, autocast
+    )
 
 
 def train_packed_batch(
@@ -311,7 +312,9 @@ def train_packed_batch(
     """
     n = packed.n_trials
     if batch.input_ids.shape[0] != n or len(weights) != n or len(names) != n:
-        raise ValueError(f"{batch.input_ids.shape[0]} rows, {len(weights)} weights and {len(names)} names for {n} packed adapters")
+        raise ValueError(
+            f"{batch.input_ids.shape[0]} rows, {len(weights)} weights and {len(names)} names for {n} packed adapters"
+        )
     device = batch.input_ids.device
     autocast = device.type == "cuda" if autocast is None else autocast
     row_tokens = batch.attention_mask.sum(1).tolist()
@@ -393,21 +396,20 @@ def evaluate_packed(
         raise ValueError(f"{len(facts)} facts but {len(trials)} trials")
     try:
         return evaluate_facts(
-            lm, facts, base, embedder, batch_size, ignore_case,
+            lm,
+            facts,
+            base,
+            embedder,
+            batch_size,
+            ignore_case,
             before_batch=lambda rows: packed.set_rows([trials[r] for r in rows]),
-        )  # fmt: skip
+        )
     finally:
         packed.set_rows(None)
 
 
 def default_trial_id(fact: Fact, cfg: TrialConfig) -> str:
     return f"{fact.id}-s{cfg.seed}-g{cfg.gamma:g}"
-
-
-def _failed_aggregates(base: BaseRecord) -> dict[str, float]:
-    """What a failed single-fact trial still knows: its one fact's target distance."""
-    dist = float(base["dist_old"])
-    return {"n_facts": 1.0, "dist_mean": dist, "dist_var": 0.0 if math.isfinite(dist) else math.nan, "dist_undefined": float(not math.isfinite(dist))}
 
 
 def run_packed_trials(
@@ -458,20 +460,18 @@ def run_packed_trials(
     results = []
     for k, (fact, c) in enumerate(zip(facts, cfgs)):
         curve = run.loss_curves[k]
-        aggregates = aggregate([records[k]]) if k in records else _failed_aggregates(base[fact.id])
-        if k in records:  # a single fact trains on its test set: everything tested was trained
-            trained_hit = aggregates["accuracy"]
-            aggregates.update(retained_accuracy=trained_hit, replaced_accuracy=math.nan, trained_accuracy=trained_hit, n_retained=1.0, n_replaced=0.0)
-        aggregates.update(
-            failed=float(k in run.failed),
-            steps=float(run.steps[k]),
-            tokens=float(run.tokens[k]),
-            final_loss=curve[-1] if curve else math.nan,
+        aggregates = trial_aggregates(
+            [records[k]] if k in records else [],
+            [fact.id],
+            [base[fact.id]["dist_old"]],
+            n_test=1,
+            loss_curve=curve,
+            steps=run.steps[k],
+            tokens=run.tokens[k],
             wall_s=wall / len(facts),
-            pack_wall_s=wall,
-            pack_train_s=train_s,
-            pack_size=float(len(facts)),
+            failed=k in run.failed,
         )
+        aggregates.update(pack_wall_s=wall, pack_train_s=train_s, pack_size=float(len(facts)))
         results.append(
             TrialResult(
                 trial_id=ids[k],

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +31,7 @@ from raysem.training.analysis import frobenius_analysis, has_lora_layers, last_t
 from raysem.training.config import TrialConfig
 from raysem.training.methods import Attachment, attach
 from raysem.training.optim import build_optimizer
-from raysem.training.results import TrialResult, aggregate
+from raysem.training.results import TrialResult, trial_aggregates
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,7 +64,11 @@ class ResidentModel:
         :func:`raysem.models.loader.load_model` (loaded once, here, with ``prompting``)."""
         if isinstance(model, LoadedModel) and prompting is not None and prompting != model.prompting:
             raise ValueError(f"prompting {prompting} differs from the loaded model's {model.prompting}")
-        self.lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device, prompting=prompting)
+        self.lm = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(model, dtype=dtype, device=device, prompting=prompting)
+        )
         self.embedder = AnswerEmbedder.from_model(self.lm, copy=True)
 
     def base_records(self, facts: Sequence[Fact]) -> dict[str, BaseRecord]:
@@ -125,7 +128,9 @@ def training_step(
     distributed engine wraps); ``lm`` provides the tokenizer and prompt format.
     """
     device = next(model.parameters()).device
-    batch = encode_targets(lm, [f.prompt for f in batch_facts], [f.target for f in batch_facts], share_prefix=True).to(device)
+    batch = encode_targets(lm, [f.prompt for f in batch_facts], [f.target for f in batch_facts], share_prefix=True).to(
+        device
+    )
     distances = [base[f.id]["dist_old"] for f in batch_facts]
     loss = reweighted_loss(target_logits(model, batch), batch.labels, distances, cfg.gamma, reduction="mean")
     return check_finite(loss, batch_facts)
@@ -169,26 +174,6 @@ def trial_analysis(lm: LoadedModel, test_facts: Sequence[Fact]) -> dict[str, Any
     return analysis
 
 
-def _accuracy_by_training(
-    train_facts: Sequence[Fact], records: list[dict[str, Any]], added_records: list[dict[str, Any]]
-) -> dict[str, float]:
-    """Retained / replaced / trained accuracy (see :func:`finish_trial`) from the test records and those
-    of the added training facts, and how many test facts were retained and replaced; the plain accuracy
-    for all three when the training set is the test set."""
-    trained = {f.id for f in train_facts}
-    retained = [r["exact_match"] for r in records if r["fact_id"] in trained]
-    replaced = [r["exact_match"] for r in records if r["fact_id"] not in trained]
-
-    def mean(values: list[float]) -> float:
-        return float(np.mean(values)) if values else math.nan
-
-    added = [r["exact_match"] for r in added_records]
-    return {
-        "retained_accuracy": mean(retained), "replaced_accuracy": mean(replaced), "trained_accuracy": mean(retained + added),
-        "n_retained": float(len(retained)), "n_replaced": float(len(replaced)),
-    }  # fmt: skip
-
-
 def finish_trial(
     lm: LoadedModel,
     embedder: AnswerEmbedder,
@@ -218,19 +203,18 @@ def finish_trial(
     """
     tested = {f.id for f in test_facts}
     added = [f for f in train_facts if f.id not in tested]
-    evaluated = evaluate_facts(lm, [*test_facts, *added], base, embedder, ignore_case=cfg.ignore_case)  # one decoding pass
+    evaluated = evaluate_facts(
+        lm, [*test_facts, *added], base, embedder, ignore_case=cfg.ignore_case
+    )  # one decoding pass
     records = evaluated[: len(test_facts)]
-    aggregates = aggregate(records)
-    aggregates.update(_accuracy_by_training(train_facts, records, evaluated[len(test_facts) :]))
-    train_dist = np.array([base[f.id]["dist_old"] for f in train_facts], dtype=float)
-    finite = train_dist[~np.isnan(train_dist)]
-    aggregates.update(
-        dist_mean=float(finite.mean()) if finite.size else math.nan,
-        dist_var=float(finite.var()) if finite.size else math.nan,
-        dist_undefined=float(train_dist.size - finite.size),
-        steps=float(len(loss_curve)),
-        tokens=float(tokens),
-        final_loss=float(loss_curve[-1]) if len(loss_curve) else math.nan,
+    aggregates = trial_aggregates(
+        records,
+        [f.id for f in train_facts],
+        [base[f.id]["dist_old"] for f in train_facts],
+        n_test=len(test_facts),
+        added_records=evaluated[len(test_facts) :],
+        loss_curve=loss_curve,
+        tokens=tokens,
         wall_s=time.perf_counter() - started if started is not None else math.nan,
     )
     return TrialResult(
@@ -272,6 +256,15 @@ def run_trial(
         loss_curve, tokens = train(lm, attachment, train_facts, base, cfg)
         analysis = trial_analysis(lm, test_facts) if analyses else None
         return finish_trial(
-            lm, resident.embedder, train_facts, test_facts, base, cfg,
-            trial_id=trial_id, loss_curve=loss_curve, tokens=tokens, started=started, analysis=analysis,
-        )  # fmt: skip
+            lm,
+            resident.embedder,
+            train_facts,
+            test_facts,
+            base,
+            cfg,
+            trial_id=trial_id,
+            loss_curve=loss_curve,
+            tokens=tokens,
+            started=started,
+            analysis=analysis,
+        )

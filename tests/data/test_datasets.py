@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 from typer.testing import CliRunner
 
 from raysem.cli.data import data_app
@@ -18,9 +17,13 @@ from raysem.data import datasets
 from raysem.data.datasets import IncompleteRecordWarning, SkippedRecordWarning, load_facts
 from raysem.data.facts import DatasetError
 
+from conftest import SHARED_DATA
+
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SHARED = SHARED_DATA
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real dataset copies not found at {SHARED} (set RAYSEM_DATA)")
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"real dataset copies not found at {SHARED} (set RAYSEM_DATA)"
+)
 
 ZSRE_RECORD = {
     "subject": "UniFirst",
@@ -256,44 +259,77 @@ def probe(prompt: str, ground_truth) -> dict:
 # published files have in fields no metric reads (locality ground truths nested empty, a missing subject).
 KNOWEDIT_SPLITS = {
     "wiki_recent": {
-        "subject": "Leo Arons", "prompt": "The place of death of Leo Arons is", "target_new": "Berlin",
-        "portability": {"Reasoning": [probe("The continent of the place of death of Leo Arons is", [[], ["Europe", "Old Continent"]])],
-                        "Logical_Generalization": []},
-        "locality": {"Relation_Specificity": [probe(f"Fact {i} of Leo Arons is", [["x"]]) for i in range(7)]
-                     + [probe("The father of Leo Arons is", [[]]), probe("The field of Leo Arons is", [])]},
+        "subject": "Leo Arons",
+        "prompt": "The place of death of Leo Arons is",
+        "target_new": "Berlin",
+        "portability": {
+            "Reasoning": [
+                probe("The continent of the place of death of Leo Arons is", [[], ["Europe", "Old Continent"]])
+            ],
+            "Logical_Generalization": [],
+        },
+        "locality": {
+            "Relation_Specificity": [probe(f"Fact {i} of Leo Arons is", [["x"]]) for i in range(7)]
+            + [probe("The father of Leo Arons is", [[]]), probe("The field of Leo Arons is", [])]
+        },
     },
     "zsre": {
-        "subject": "Epaspidoceras", "target_new": "Noctuidae", "prompt": "Which family does Epaspidoceras belong to?",
-        "ground_truth": [[]], "rephrase_prompt": "What family are Epaspidoceras?",
-        "locality": {"Relation_Specificity": [probe("The taxon rank of Epaspidoceras is", [""]), probe("Epaspidoceras taxon rank", {})]},
+        "subject": "Epaspidoceras",
+        "target_new": "Noctuidae",
+        "prompt": "Which family does Epaspidoceras belong to?",
+        "ground_truth": [[]],
+        "rephrase_prompt": "What family are Epaspidoceras?",
+        "locality": {
+            "Relation_Specificity": [
+                probe("The taxon rank of Epaspidoceras is", [""]),
+                probe("Epaspidoceras taxon rank", {}),
+            ]
+        },
         "portability": {"Reasoning": [probe("What is the common name of that family?", "Owlet moths")]},
     },
     "wiki_counterfact": {
-        "prompt": "The position held by Frederic Piesch is", "target_new": "Archbishop of León", "ground_truth": "",
+        "prompt": "The position held by Frederic Piesch is",
+        "target_new": "Archbishop of León",
+        "ground_truth": "",
         "portability": {},
-        "locality": {"Relation_Specificity": [probe("The gender of Frederic Piesch is", "male")],
-                     "Forgetfulness": [{"prompt": "The position held by Frederic Piesch, which is not that, is"}]},
+        "locality": {
+            "Relation_Specificity": [probe("The gender of Frederic Piesch is", "male")],
+            "Forgetfulness": [{"prompt": "The position held by Frederic Piesch, which is not that, is"}],
+        },
     },
     "wikibio": {
-        "text": "This is a Wikipedia passage about john russell reynolds.", "labels": "He was educated in London.",
+        "text": "This is a Wikipedia passage about john russell reynolds.",
+        "labels": "He was educated in London.",
         "concept": "john russell reynolds",
         "locality": {"Relation_Specificity": [probe("The field of work of john russell reynolds is", [[""], []])]},
     },
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(
     ("split", "fmt", "warned"),
     [
         ("wiki_recent", "knowedit", ["2 locality probe(s) in 1 record(s) have an empty or missing ground_truth"]),
-        ("zsre", "knowedit", ["2 locality probe(s) in 1 record(s) have an empty or missing ground_truth",
-                              "1 record(s) have an empty or missing ground_truth; no metric reads the true answer"]),
-        ("wiki_counterfact", "knowedit", ["1 locality probe(s) in 1 record(s) have an empty or missing ground_truth",
-                                          "1 record(s) have an empty or missing subject",
-                                          "1 record(s) have an empty or missing ground_truth; no metric reads the true answer"]),
+        (
+            "zsre",
+            "knowedit",
+            [
+                "2 locality probe(s) in 1 record(s) have an empty or missing ground_truth",
+                "1 record(s) have an empty or missing ground_truth; no metric reads the true answer",
+            ],
+        ),
+        (
+            "wiki_counterfact",
+            "knowedit",
+            [
+                "1 locality probe(s) in 1 record(s) have an empty or missing ground_truth",
+                "1 record(s) have an empty or missing subject",
+                "1 record(s) have an empty or missing ground_truth; no metric reads the true answer",
+            ],
+        ),
         ("wikibio", "knowedit-wikibio", ["1 locality probe(s) in 1 record(s) have an empty or missing ground_truth"]),
     ],
-)  # fmt: skip
+)
 def test_every_knowedit_split_loads_with_its_unread_blanks_counted(tmp_path, split, fmt, warned):
     """Nested empty lists and objects in fields no metric reads load, with one warning per field and its counts."""
     path = write_json(tmp_path / f"{split}.json", [KNOWEDIT_SPLITS[split]])
@@ -309,7 +345,10 @@ def test_every_knowedit_split_loads_with_its_unread_blanks_counted(tmp_path, spl
         assert len(fact.locality) == 9 and [p.answer for p in fact.portability] == ["Europe"]
     if split == "wikibio":
         assert (fact.prompt, fact.target, fact.subject) == (
-            "This is a Wikipedia passage about john russell reynolds.", "He was educated in London.", "john russell reynolds")
+            "This is a Wikipedia passage about john russell reynolds.",
+            "He was educated in London.",
+            "john russell reynolds",
+        )
 
 
 @pytest.mark.parametrize(
@@ -317,7 +356,11 @@ def test_every_knowedit_split_loads_with_its_unread_blanks_counted(tmp_path, spl
     [
         ("wiki_recent", ("portability", "Reasoning", 0, "ground_truth"), "portability.Reasoning[0].ground_truth"),
         ("zsre", ("rephrase_prompt",), "rephrase_prompt"),
-        ("wiki_counterfact", ("locality", "Relation_Specificity", 0, "prompt"), "locality.Relation_Specificity[0].prompt"),
+        (
+            "wiki_counterfact",
+            ("locality", "Relation_Specificity", 0, "prompt"),
+            "locality.Relation_Specificity[0].prompt",
+        ),
         ("wikibio", ("labels",), "labels"),
     ],
 )

@@ -38,9 +38,13 @@ def test_shared_prefix_gives_the_whole_prompts_logits_and_gradients(tiny64, styl
     split = encode_targets(lm, [q for q, _ in FACTS], [t for _, t in FACTS], share_prefix=True)
     assert whole.prefix is None and split.prefix is not None and split.prefix.shape[1] > 0
     shared = split.prefix.shape[1]
-    assert torch.equal(whole.input_ids[:, :shared], split.prefix.expand(len(FACTS), -1)), "the prefix is every row's start"
+    assert torch.equal(whole.input_ids[:, :shared], split.prefix.expand(len(FACTS), -1)), (
+        "the prefix is every row's start"
+    )
     used = whole.labels != IGNORE_INDEX
-    assert torch.equal(whole.labels, split.labels) and torch.equal(whole.positions[used] - shared, split.positions[used])
+    assert torch.equal(whole.labels, split.labels) and torch.equal(
+        whole.positions[used] - shared, split.positions[used]
+    )
     for row in range(len(FACTS)):
         n = int(split.attention_mask[row].sum())
         assert torch.equal(whole.input_ids[row, shared : shared + n], split.input_ids[row, :n])

@@ -26,8 +26,15 @@ BUDGETS = [3, 7, 1, 5, 7, 2, 4]
 def alone(lm, question: str, budget: int) -> list[int]:
     """The greedy tokens for one prompt, through ``generate`` on its full, unpadded prompt (no cache given)."""
     ids = lm.tokenizer(lm.format_prompt(question), return_tensors="pt", add_special_tokens=False)
-    out = lm.model.generate(**ids, max_new_tokens=budget, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
-                            temperature=None, top_p=None, top_k=None)  # fmt: skip
+    out = lm.model.generate(
+        **ids,
+        max_new_tokens=budget,
+        do_sample=False,
+        pad_token_id=lm.tokenizer.pad_token_id,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
     tokens = out[0, ids["input_ids"].shape[1] :].tolist()
     eos = lm.tokenizer.eos_token_id
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
@@ -58,7 +65,9 @@ def test_batched_answers_from_the_shared_prefix_equal_each_prompt_alone(smol64, 
     lm = dataclasses.replace(smol64, prompting=Prompting(style))
     seen: list[list[int]] = []
     groups = [i % 3 for i in range(len(QUESTIONS))] if hook == "groups" else None
-    answers = greedy_answers(lm, QUESTIONS, BUDGETS, batch_size=3, before_batch=seen.append if hook else None, row_groups=groups)
+    answers = greedy_answers(
+        lm, QUESTIONS, BUDGETS, batch_size=3, before_batch=seen.append if hook else None, row_groups=groups
+    )
     assert len(answers) == len(QUESTIONS)
     for question, budget, answer in zip(QUESTIONS, BUDGETS, answers):
         want = alone(lm, question, budget)

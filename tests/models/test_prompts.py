@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import SHARED_DATA
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -13,6 +12,8 @@ from raysem.data.datasets import load_facts
 from raysem.models.generate import greedy_answers
 from raysem.models.loader import LoadedModel
 from raysem.models.prompts import FEWSHOT_EXEMPLARS, Prompting, fewshot_prompt, first_line
+
+from conftest import SHARED_DATA
 
 QUESTION = "What is the capital of Freedonia?"
 
@@ -27,10 +28,18 @@ def bpe_tokenizer(add_bos: bool) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     corpus = [f"Q: {q}\nA: {a}\n" for q, a in FEWSHOT_EXEMPLARS] + [f"{QUESTION} Paris Paris Fredville"] * 3
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>", "<pad>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     if add_bos:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
@@ -59,7 +68,9 @@ def test_exemplars_come_from_no_dataset():
     names = ["worldfacts", "worldfacts-cf"] + [n for n in ("zsre", "counterfact") if SHARED_DATA.is_dir()]
     for name in names:
         facts = load_facts(name).facts
-        questions = {f.prompt.strip().lower() for f in facts} | {r.strip().lower() for f in facts for r in f.rephrasings}
+        questions = {f.prompt.strip().lower() for f in facts} | {
+            r.strip().lower() for f in facts for r in f.rephrasings
+        }
         for question, _ in FEWSHOT_EXEMPLARS:
             assert question.lower() not in questions, (name, question)
 
@@ -74,7 +85,11 @@ def test_styles_on_a_chat_model(tiny):
     # chat: the answer follows the assistant header directly; fewshot: after one space, as one word-start token
     assert chat.prompt_and_answer_ids(QUESTION, "Paris")[1] == tok("Paris", add_special_tokens=False).input_ids
     prompt_ids, answer_ids = few.prompt_and_answer_ids(QUESTION, "Paris")
-    assert answer_ids == tok(" Paris", add_special_tokens=False).input_ids != tok("Paris", add_special_tokens=False).input_ids
+    assert (
+        answer_ids
+        == tok(" Paris", add_special_tokens=False).input_ids
+        != tok("Paris", add_special_tokens=False).input_ids
+    )
     assert tok.decode(prompt_ids + answer_ids) == fewshot_prompt(QUESTION) + " Paris"
     assert few.answer_budget(QUESTION, "Paris") == len(answer_ids)
     assert styled(tiny, style="fewshot", budget="free", free_tokens=7).answer_budget(QUESTION, "Paris") == 7

@@ -34,15 +34,29 @@ def _records(rng: np.random.Generator, sampling: int, k: int, p_learn: float) ->
     for i in range(k):
         target = f"Target {sampling}-{i}"
         y_new = target if learned[i] else f"Other {sampling}-{i}"
-        rows.append({
-            "fact_id": f"f{sampling:02d}-{i:03d}", "prompt": f"What is fact {sampling}-{i}? | piped",
-            "target": target, "y_old": f"Old {i}", "y_old_raw": f"Old {i}.", "y_new": y_new, "y_new_raw": y_new,
-            "exact_match": float(learned[i]), "token_accuracy": float(learned[i]) * 0.5 + 0.4,
-            "generality": float(rng.random() < p_learn), "locality": float(rng.uniform(0.3, 0.9)), "locality_soft": 0.9,
-            "portability": float("nan"), "dist_old": float(dist_old[i]), "dist_new": float(dist_new[i]),
-            "deviation": bool(dist_new[i] > dist_old[i]), "rd": float((dist_new[i] - dist_old[i]) / dist_old[i]),
-            "bad_case": bool(not learned[i]), "y_new_empty": False,
-        })  # fmt: skip
+        rows.append(
+            {
+                "fact_id": f"f{sampling:02d}-{i:03d}",
+                "prompt": f"What is fact {sampling}-{i}? | piped",
+                "target": target,
+                "y_old": f"Old {i}",
+                "y_old_raw": f"Old {i}.",
+                "y_new": y_new,
+                "y_new_raw": y_new,
+                "exact_match": float(learned[i]),
+                "token_accuracy": float(learned[i]) * 0.5 + 0.4,
+                "generality": float(rng.random() < p_learn),
+                "locality": float(rng.uniform(0.3, 0.9)),
+                "locality_soft": 0.9,
+                "portability": float("nan"),
+                "dist_old": float(dist_old[i]),
+                "dist_new": float(dist_new[i]),
+                "deviation": bool(dist_new[i] > dist_old[i]),
+                "rd": float((dist_new[i] - dist_old[i]) / dist_old[i]),
+                "bad_case": bool(not learned[i]),
+                "y_new_empty": False,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -71,9 +85,23 @@ class _Store:
     def trial(self, exp_id, parent, key, params, records=None, status="FINISHED", extra=None, analysis=None):
         tags = {"raysem.role": "trial", "raysem.trial_key": key, "mlflow.parentRunId": parent}
         run_id = self._run(exp_id, tags)
-        full = {"method": "lora", "rank": 4, "lr": 1e-3, "steps": 10, "seed": 0, "dataset": "worldfacts",
-                "model": "smol", "filter_mode": "none", "filter_lambda": 0.0, "replace": None, "mean_min": 0.0,
-                "mean_max": 1.0, "study_kind": "synthetic", "gamma": 0.0, **params}  # fmt: skip
+        full = {
+            "method": "lora",
+            "rank": 4,
+            "lr": 1e-3,
+            "steps": 10,
+            "seed": 0,
+            "dataset": "worldfacts",
+            "model": "smol",
+            "filter_mode": "none",
+            "filter_lambda": 0.0,
+            "replace": None,
+            "mean_min": 0.0,
+            "mean_max": 1.0,
+            "study_kind": "synthetic",
+            "gamma": 0.0,
+            **params,
+        }
         # Like the study service, the group label names the swept point (so it varies with γ).
         full["group"] = ",".join(f"{n}={params[n]}" for n in sorted(params) if n not in ("k", "sampling")) or "base"
         metrics = {"failed": 1.0} if records is None else {**aggregate(records.to_dict("records")), "failed": 0.0}
@@ -111,16 +139,30 @@ def study(tmp_path_factory):
             recs = _records(rng, sampling, 10, p)
             analysis = {}
             if gamma == 0:
-                frob = {"layer": 29, "rank": 4, "dW_fro": 0.1 + 0.01 * sampling, "W_fro": W_FRO,
-                        "proj_dW_fro": 0.2, "proj_W_fro": 1.39, "proj_random_fro": 0.08}  # fmt: skip
+                frob = {
+                    "layer": 29,
+                    "rank": 4,
+                    "dW_fro": 0.1 + 0.01 * sampling,
+                    "W_fro": W_FRO,
+                    "proj_dW_fro": 0.2,
+                    "proj_W_fro": 1.39,
+                    "proj_random_fro": 0.08,
+                }
                 frob["amplification"] = frob["dW_fro"] / frob["proj_dW_fro"]
                 analysis["frobenius.json"] = lambda p, f=frob: p.write_text(json.dumps(f))
             if gamma == 0 and sampling < 2:
                 feats = rng.normal(size=(10, 8)).astype(np.float32)
                 analysis["features.npz"] = lambda p, f=feats, r=recs: np.savez(
-                    p, features=f, dist_old=r["dist_old"].to_numpy(), fact_ids=r["fact_id"].to_numpy().astype(str))
-            store.trial(exp, first, f"gamma{gamma:g}-s{sampling}", {"gamma": gamma, "k": 10, "sampling": sampling},
-                        recs, analysis=analysis)  # fmt: skip
+                    p, features=f, dist_old=r["dist_old"].to_numpy(), fact_ids=r["fact_id"].to_numpy().astype(str)
+                )
+            store.trial(
+                exp,
+                first,
+                f"gamma{gamma:g}-s{sampling}",
+                {"gamma": gamma, "k": 10, "sampling": sampling},
+                recs,
+                analysis=analysis,
+            )
     # A resumed study: a second parent re-runs one key (the newer FINISHED run wins) and
     # holds single-fact trials, a failed trial and a filter/random pair.
     second = store.parent(exp)
@@ -130,20 +172,37 @@ def study(tmp_path_factory):
     store.trial(exp, second, "gamma1-s9", {"gamma": 1.0, "k": 10, "sampling": 9}, _records(rng, 9, 10, 0.9))
     store.trial(exp, second, "gamma0-s9", {"gamma": 0.0, "k": 10, "sampling": 9}, _records(rng, 9, 10, 0.2))
     for sampling in range(6):
-        store.trial(exp, second, f"single-s{sampling}", {"k": 1, "sampling": sampling}, _records(rng, 20 + sampling, 1, 0.3))
+        store.trial(
+            exp, second, f"single-s{sampling}", {"k": 1, "sampling": sampling}, _records(rng, 20 + sampling, 1, 0.3)
+        )
     store.trial(exp, second, "single-s99", {"k": 1, "sampling": 99}, None, status="FAILED")
     for sampling in range(2):
         for mode, p in (("filter", 0.5), ("random", 0.2)):
-            split = {"retained_accuracy": p + 0.1 * sampling, "replaced_accuracy": 0.05 * sampling, "n_retained": 4.0 + sampling,
-                     "n_replaced": 6.0 - sampling}  # fmt: skip
-            store.trial(exp, second, f"{mode}-s{sampling}", {"k": 10, "sampling": sampling, "filter_mode": mode,
-                        "replace": 0.6, "filter_lambda": 0.5}, _records(rng, 40 + sampling, 10, p), extra=split)  # fmt: skip
+            split = {
+                "retained_accuracy": p + 0.1 * sampling,
+                "replaced_accuracy": 0.05 * sampling,
+                "n_retained": 4.0 + sampling,
+                "n_replaced": 6.0 - sampling,
+            }
+            store.trial(
+                exp,
+                second,
+                f"{mode}-s{sampling}",
+                {"k": 10, "sampling": sampling, "filter_mode": mode, "replace": 0.6, "filter_lambda": 0.5},
+                _records(rng, 40 + sampling, 10, p),
+                extra=split,
+            )
     # A second experiment with the same γ = 0, k = 10 configuration, for --compare.
     other = store.experiment(OTHER)
     parent_b = store.parent(other)
     for sampling in range(4):
-        store.trial(other, parent_b, f"gamma0-s{sampling}", {"gamma": 0.0, "k": 10, "sampling": sampling},
-                    _records(rng, sampling, 10, 0.6))  # fmt: skip
+        store.trial(
+            other,
+            parent_b,
+            f"gamma0-s{sampling}",
+            {"gamma": 0.0, "k": 10, "sampling": sampling},
+            _records(rng, sampling, 10, 0.6),
+        )
     store.experiment(EMPTY)
     failed = store.experiment(FAILED)
     store.trial(failed, store.parent(failed), "only", {"k": 1, "sampling": 0}, None, status="FAILED")
@@ -171,8 +230,19 @@ def _table(md: str, caption_start: str) -> list[dict[str, str]]:
 
 def test_sections_figures_and_timing(study):
     store, summary, md, *_, elapsed, _ = study
-    assert summary.sections == ["headline", "fig3", "fig4_table1", "fig6", "table2", "fig5", "fig7", "tables3_4",
-                                "fig8", "table5", "compare"]  # fmt: skip
+    assert summary.sections == [
+        "headline",
+        "fig3",
+        "fig4_table1",
+        "fig6",
+        "table2",
+        "fig5",
+        "fig7",
+        "tables3_4",
+        "fig8",
+        "table5",
+        "compare",
+    ]
     assert summary.skipped == {}
     assert set(summary.figures) == {"fig3", "fig4", "fig5", "fig6", "fig7", "fig8"}
     for path in summary.figures.values():
@@ -196,7 +266,9 @@ def test_trials_deduplicated_and_failures_counted(study):
     assert first == "headline: mean [95% bootstrap CI]"
     for (label, head), row in zip(summary.headline.items(), rows):
         acc = head["accuracy"]
-        assert row.startswith(f"  {label}: {head['n_trials']} trials, accuracy {acc.estimate:.2f} [{acc.low:.2f}, {acc.high:.2f}]")
+        assert row.startswith(
+            f"  {label}: {head['n_trials']} trials, accuracy {acc.estimate:.2f} [{acc.low:.2f}, {acc.high:.2f}]"
+        )
 
 
 def test_table1_matches_the_records(study):
@@ -245,7 +317,9 @@ def test_figure_data_and_other_tables(study):
     (bands,) = _table(md, "Figure 3 in the paper's bands")
     dist = plain["dist_old"].clip(0, 1)
     medium, long = plain[(dist >= 0.3) & (dist < 0.6)], plain[dist >= 0.6]
-    assert bands["medium"].startswith(f"{100 * medium['exact_match'].mean():.2f} [") and bands["medium"].endswith(f"({len(medium)})")
+    assert bands["medium"].startswith(f"{100 * medium['exact_match'].mean():.2f} [") and bands["medium"].endswith(
+        f"({len(medium)})"
+    )
     diff = 100 * (long["exact_match"].mean() - medium["exact_match"].mean())
     assert bands["long − medium"].startswith(f"{diff:+.2f}")
     # Table 2: the four γ = 0 trials with a Frobenius analysis, split into distance thirds;
@@ -264,7 +338,9 @@ def test_figure_data_and_other_tables(study):
     split = {r["Selection"]: r for r in _table(md, "Figure 7, split by what was trained")}
     assert set(split) == {"filter", "random"} and split["filter"]["Trials"] == "2"
     assert (split["filter"]["Retained facts"], split["filter"]["Replaced facts"]) == ("4.5", "5.5")
-    assert split["filter"]["Retained (%)"].startswith("55.00 [") and split["random"]["Retained (%)"].startswith("25.00 [")
+    assert split["filter"]["Retained (%)"].startswith("55.00 [") and split["random"]["Retained (%)"].startswith(
+        "25.00 ["
+    )
     assert split["random"]["Replaced (%)"].startswith("2.50 [")
     assert split["filter"]["Δ retained (pp)"].startswith("+30.00") and "2 pairs" in split["filter"]["Δ retained (pp)"]
     assert split["random"]["Δ retained (pp)"] == "—"
@@ -303,7 +379,9 @@ def test_report_logged_to_the_latest_parent_run(study):
     assert config.startswith("k_10 γ_1 selection_none"), config
     acc = summary.headline[label]["accuracy"]
     assert metrics[f"accuracy.{config}"] == pytest.approx(acc.estimate)
-    assert (metrics[f"accuracy.{config}.ci_low"], metrics[f"accuracy.{config}.ci_high"]) == pytest.approx((acc.low, acc.high))
+    assert (metrics[f"accuracy.{config}.ci_low"], metrics[f"accuracy.{config}.ci_high"]) == pytest.approx(
+        (acc.low, acc.high)
+    )
     assert metrics[f"n_trials.{config}"] == summary.headline[label]["n_trials"]
     assert sum(k.startswith("n_trials.") for k in metrics) == len(summary.headline)
 
@@ -345,7 +423,10 @@ def test_figure5_needs_two_featured_facts_per_model(study, tmp_path):
     exp = store.experiment("one-featured-fact")
     recs = _records(np.random.default_rng(3), 0, 1, 1.0)
     save = lambda p: np.savez(  # noqa: E731
-        p, features=np.ones((1, 8), dtype=np.float32), dist_old=recs["dist_old"].to_numpy(), fact_ids=recs["fact_id"].to_numpy().astype(str)
+        p,
+        features=np.ones((1, 8), dtype=np.float32),
+        dist_old=recs["dist_old"].to_numpy(),
+        fact_ids=recs["fact_id"].to_numpy().astype(str),
     )
     store.trial(exp, store.parent(exp), "single-s0", {"k": 1, "sampling": 0}, recs, analysis={"features.npz": save})
     summary = build_report("one-featured-fact", tracking_uri=store.uri, out_dir=tmp_path, log_to_mlflow=False)
@@ -355,7 +436,7 @@ def test_figure5_needs_two_featured_facts_per_model(study, tmp_path):
 
 def test_labels_round_swept_floats_and_single_trials_say_no_ci():
     from raysem.report.analysis import fmt_value
-    from raysem.report.build import _ci_text
+    from raysem.report.format import ci_text as _ci_text
     from raysem.report.stats import Estimate
 
     assert fmt_value(0.2153133598719359) == "0.2153" and fmt_value(2.0) == "2" and fmt_value(1e-5) == "1e-05"
@@ -369,11 +450,13 @@ def test_band_contrast_pools_facts_per_band_and_differences_from_medium():
 
     # run r1: 0.05 hit (below), 0.2 miss (short), 0.4 hit, 0.4 hit (medium), 0.8 miss (long)
     # run r2: 0.2 hit (short), 0.5 miss (medium), 0.9 miss, 1.3 hit (long once clipped), NaN (no distance)
-    records = pd.DataFrame({
-        "run_id": ["r1"] * 5 + ["r2"] * 5,
-        "dist_old": [0.05, 0.2, 0.4, 0.4, 0.8, 0.2, 0.5, 0.9, 1.3, float("nan")],
-        "exact_match": [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
-    })  # fmt: skip
+    records = pd.DataFrame(
+        {
+            "run_id": ["r1"] * 5 + ["r2"] * 5,
+            "dist_old": [0.05, 0.2, 0.4, 0.4, 0.8, 0.2, 0.5, 0.9, 1.3, float("nan")],
+            "exact_match": [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
+        }
+    )
     (row,) = band_contrast(records, []).to_dict("records")
     assert (row["n_below"], row["n_short"], row["n_medium"], row["n_long"], row["n_trials"]) == (1, 2, 3, 3, 2)
     assert (row["below"].estimate, row["short"].estimate) == (1.0, 0.5)
@@ -393,3 +476,21 @@ def test_param_importances_find_the_parameter_that_matters():
     assert set(importances) == {"gamma", "filter_lambda"} and importances["gamma"] > 0.8
     assert param_importances(trials.head(4), "trained_accuracy", ["gamma", "filter_lambda"], "max") == {}
     assert param_importances(trials, "trained_accuracy", ["gamma"], "max") == {}
+
+
+def test_trials_of_different_identities_are_not_pooled_under_one_configuration():
+    """Two fingerprints under one configuration label (a spec changed under the same name) are refused; trials
+    logged before identities (none) and different configurations are not compared."""
+    from raysem.report.data import check_identities
+
+    frame = pd.DataFrame(
+        {
+            "group": ["gamma=0.0", "gamma=0.0", "gamma=1.0", "gamma=1.0"],
+            "k": [10, 10, 10, 10],
+            "fingerprint": ["aaaa", "aaaa", "bbbb", "none"],
+        }
+    )
+    check_identities(frame)
+    frame.loc[1, "fingerprint"] = "cccc"
+    with pytest.raises(ReportError, match=r"gamma=0\.0 \(k = 10\): aaaa, cccc.*would be pooled"):
+        check_identities(frame)

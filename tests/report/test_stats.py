@@ -108,7 +108,9 @@ def test_bca_is_the_default_and_corrects_a_skewed_sample():
     values = np.random.default_rng(2).exponential(size=30)
     bca = bootstrap_ci(values, seed=4)
     percentile = bootstrap_ci(values, seed=4, method="percentile")
-    want = stats.bootstrap((values,), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(4)).confidence_interval
+    want = stats.bootstrap(
+        (values,), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(4)
+    ).confidence_interval
     assert (bca.low, bca.high) == pytest.approx((want.low, want.high))
     assert bca.estimate == percentile.estimate == pytest.approx(values.mean())
     assert bca.low > percentile.low and bca.high > percentile.high  # right skew moves BCa up

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, shared_file
 from typer.testing import CliRunner
 
 from raysem.cli.semantic import semantic_app
@@ -25,6 +24,8 @@ from raysem.semantics.tables import (
     write_table,
 )
 from raysem.service.spec import DistanceTableSpec, SpecError, load_spec
+
+from conftest import REPO_ROOT, shared_file
 
 ZSRE = "zsre/zsre_mend_eval_1037.json"
 
@@ -144,7 +145,9 @@ def test_summary_counts_empty_answers():
     assert stats["std"] == pytest.approx(math.sqrt((0.09 + 0.01 + 0.16) / 3))
     assert (stats["min"], stats["max"]) == (0.2, 0.9)
     assert stats["preface"] == 0 and stats["train_tokens"] == 11.0
-    frame = _frame([0.2, 0.3, 0.4]).assign(y_old=["The artist who", "The Hague", "John Williams"], target=["2006", "The Hague", "Tolkien"])
+    frame = _frame([0.2, 0.3, 0.4]).assign(
+        y_old=["The artist who", "The Hague", "John Williams"], target=["2006", "The Hague", "Tolkien"]
+    )
     assert summary(frame)["preface"] == 1
 
 
@@ -217,11 +220,25 @@ def test_cli_distances_json_and_out(home, tmp_path):
 def test_cli_distances_without_defined_distances(tiny_model_dir, home):
     # Under the chat template the tiny random model answers with blank lines only: every distance is undefined.
     runner = CliRunner()
-    args = ["distances", str(shared_file(ZSRE)), "--model", str(tiny_model_dir), "--limit", "3", "--prompt-style", "chat"]
+    args = [
+        "distances",
+        str(shared_file(ZSRE)),
+        "--model",
+        str(tiny_model_dir),
+        "--limit",
+        "3",
+        "--prompt-style",
+        "chat",
+    ]
     result = runner.invoke(semantic_app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["count"] == 3 and payload["empty"] == 3 and payload["mean"] is None and payload["prompt_style"] == "chat"
+    assert (
+        payload["count"] == 3
+        and payload["empty"] == 3
+        and payload["mean"] is None
+        and payload["prompt_style"] == "chat"
+    )
     text = runner.invoke(semantic_app, args)
     assert text.exit_code == 0 and payload["cache"] in text.stdout.replace("\n", "")
 

@@ -41,11 +41,22 @@ def _facts(lm) -> list[Fact]:
     """Facts whose targets and probe answers are the model's own answers, with 0–3 questions of each kind."""
     own = [_alone(lm, q, 3) for q in QUESTIONS]
     return [
-        Fact(id="a", prompt=QUESTIONS[0], target=own[0], rephrasings=(QUESTIONS[0], QUESTIONS[1]),
-             locality=(Probe(QUESTIONS[2], own[2]),), portability=(Probe(QUESTIONS[3], own[3]), Probe(QUESTIONS[1], "no"))),
-        Fact(id="b", prompt=QUESTIONS[1], target="surely not this", locality=(Probe(QUESTIONS[0], own[0]), Probe(QUESTIONS[3], "z"))),
+        Fact(
+            id="a",
+            prompt=QUESTIONS[0],
+            target=own[0],
+            rephrasings=(QUESTIONS[0], QUESTIONS[1]),
+            locality=(Probe(QUESTIONS[2], own[2]),),
+            portability=(Probe(QUESTIONS[3], own[3]), Probe(QUESTIONS[1], "no")),
+        ),
+        Fact(
+            id="b",
+            prompt=QUESTIONS[1],
+            target="surely not this",
+            locality=(Probe(QUESTIONS[0], own[0]), Probe(QUESTIONS[3], "z")),
+        ),
         Fact(id="c", prompt=QUESTIONS[2], target=own[2], rephrasings=(QUESTIONS[3], QUESTIONS[2], QUESTIONS[0])),
-    ]  # fmt: skip
+    ]
 
 
 def test_records_equal_answering_each_question_alone(lively):
@@ -73,7 +84,12 @@ def test_records_equal_answering_each_question_alone(lively):
 
     # Every model batch names the fact of each row: the prompt prefix once per fact when the prompts share
     # one, then one row per question, then all facts for token accuracy.
-    prefixed = shared_prefix_length([tiny.tokenizer(tiny.format_prompt(q), add_special_tokens=False)["input_ids"] for q in QUESTIONS]) > 0
+    prefixed = (
+        shared_prefix_length(
+            [tiny.tokenizer(tiny.format_prompt(q), add_special_tokens=False)["input_ids"] for q in QUESTIONS]
+        )
+        > 0
+    )
     assert not prefixed or seen[0] == [0, 1, 2]
     asked = Counter(i for rows in seen[int(prefixed) : -1] for i in rows)
     assert asked == {0: 1 + 2 + 1 + 2, 1: 1 + 0 + 2, 2: 1 + 3}
@@ -123,10 +139,15 @@ def test_records_match_values_computed_by_hand(lively):
         with torch.no_grad():
             logits = lm.model(torch.tensor([prompt_ids + answer_ids])).logits[0]
         predicted = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(answer_ids)].argmax(-1).tolist()
-        assert r["token_accuracy"] == pytest.approx(sum(p == a for p, a in zip(predicted, answer_ids)) / len(answer_ids))
+        assert r["token_accuracy"] == pytest.approx(
+            sum(p == a for p, a in zip(predicted, answer_ids)) / len(answer_ids)
+        )
         tuned = [_alone(lm, p.prompt, lm.answer_budget(p.prompt, p.answer)) for p in fact.locality]
         pairs = list(zip(tuned, b["locality_base"]))
         assert _same(r["locality"], sum(t == o for t, o in pairs) / len(pairs) if pairs else math.nan)
-        soft = [1.0 if t == o else (0.0 if math.isnan(d := _dist(lm, table, t, o)) else 1 - min(max(d, 0.0), 1.0)) for t, o in pairs]
+        soft = [
+            1.0 if t == o else (0.0 if math.isnan(d := _dist(lm, table, t, o)) else 1 - min(max(d, 0.0), 1.0))
+            for t, o in pairs
+        ]
         assert _close(r["locality_soft"], sum(soft) / len(soft) if soft else math.nan)
     assert any(r["y_new"] != base[r["fact_id"]]["y_old"] for r in records), "the change should change some answers"

@@ -100,7 +100,9 @@ def test_greedy_matches_exhaustive_pair_search(lam, bounds):
         lo = -math.inf if bounds[0] is None else bounds[0]
         hi = math.inf if bounds[1] is None else bounds[1]
         try:
-            result = greedy_filter(k_ids, k_dist, p_ids, p_dist, replace=0.5, lam=lam, mean_min=bounds[0], mean_max=bounds[1])
+            result = greedy_filter(
+                k_ids, k_dist, p_ids, p_dist, replace=0.5, lam=lam, mean_min=bounds[0], mean_max=bounds[1]
+            )
         except ValueError:
             continue
         objectives, final = _brute_force_greedy(k_ids, k_dist, p_ids, p_dist, 4, lam, lo, hi)
@@ -145,8 +147,16 @@ def test_bounds_hold_or_filter_raises():
         hi = lo + float(rng.uniform(0.01, 0.3))
         rho = float(rng.choice([0.0, 0.2, 0.5, 1.0]))
         try:
-            result = greedy_filter([f"k{i}" for i in range(10)], k_dist, [f"s{i}" for i in range(40)], p_dist,
-                                   replace=rho, lam=1.0, mean_min=lo, mean_max=hi)
+            result = greedy_filter(
+                [f"k{i}" for i in range(10)],
+                k_dist,
+                [f"s{i}" for i in range(40)],
+                p_dist,
+                replace=rho,
+                lam=1.0,
+                mean_min=lo,
+                mean_max=hi,
+            )
         except ValueError as exc:
             assert f"Mean_min={lo} < μ < Mean_max={hi}" in str(exc)
             outcomes["error"] += 1
@@ -188,7 +198,10 @@ def test_undefined_pool_distances_are_excluded_and_counted():
         ({"replace": -0.1, "lam": 1.0}, "replace (ρ) must be in [0, 1], got -0.1"),
         ({"replace": 0.5, "lam": 1.0, "mean_min": 0.5, "mean_max": 0.5}, "Mean_min=0.5 >= Mean_max=0.5"),
         ({"replace": 0.5, "lam": 1.0, "mean_min": 0.6, "mean_max": 0.2}, "Mean_min=0.6 >= Mean_max=0.2"),
-        ({"replace": 1 / 3, "lam": 1.0, "mean_min": 0.8}, "meets Mean_min=0.8 < μ: reachable means span [0.2, 0.666667]"),
+        (
+            {"replace": 1 / 3, "lam": 1.0, "mean_min": 0.8},
+            "meets Mean_min=0.8 < μ: reachable means span [0.2, 0.666667]",
+        ),
         ({"replace": 0.0, "lam": 1.0, "mean_max": 0.3}, "μ < Mean_max=0.3: reachable means span [0.4, 0.4]"),
     ],
 )
@@ -260,7 +273,9 @@ def test_cli_filter_json_matches_the_library(table):
     from raysem.data.sampling import sample_facts
 
     path, dist = table
-    result = _invoke(["--table", str(path), "--size", "10", "--replace", "0.6", "--lambda", "2", "--seed", "3", "--json"])
+    result = _invoke(
+        ["--table", str(path), "--size", "10", "--replace", "0.6", "--lambda", "2", "--seed", "3", "--json"]
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     defined = [i for i, d in dist.items() if not math.isnan(d)]
@@ -275,8 +290,24 @@ def test_cli_filter_json_matches_the_library(table):
     assert rand.exit_code == 0, rand.output
     assert json.loads(rand.stdout)["method"] == "random"
 
-    text = _invoke(["--table", str(path), "--size", "10", "--replace", "0.6", "--lambda", "2", "--seed", "3",
-                    "--mean-min", "0.2", "--mean-max", "0.3"])
+    text = _invoke(
+        [
+            "--table",
+            str(path),
+            "--size",
+            "10",
+            "--replace",
+            "0.6",
+            "--lambda",
+            "2",
+            "--seed",
+            "3",
+            "--mean-min",
+            "0.2",
+            "--mean-max",
+            "0.3",
+        ]
+    )
     assert text.exit_code == 0, text.output
     assert "before" in text.stdout and "after" in text.stdout and "training set:" in text.stdout
 
@@ -286,7 +317,10 @@ def test_cli_filter_json_matches_the_library(table):
     [
         (["--size", "10", "--replace", "1.5"], "replace (ρ) must be in [0, 1], got 1.5"),
         (["--size", "10", "--replace", "0.5", "--lambda", "-1"], "lambda (λ) must be a finite number >= 0, got -1.0"),
-        (["--size", "10", "--replace", "0.5", "--mean-min", "0.5", "--mean-max", "0.4"], "Mean_min=0.5 >= Mean_max=0.4"),
+        (
+            ["--size", "10", "--replace", "0.5", "--mean-min", "0.5", "--mean-max", "0.4"],
+            "Mean_min=0.5 >= Mean_max=0.4",
+        ),
         (["--size", "10", "--replace", "0.5", "--mean-min", "0.95"], "no training set reachable with 5 replacements"),
         (["--size", "30", "--replace", "1.0"], "asks for 30 replacements but the pool has only 8 usable facts"),
         (["--size", "39", "--replace", "0.1"], "--size 39 is larger than the 38 facts with a target distance"),
@@ -311,7 +345,9 @@ def test_members_without_a_distance_stay_in_the_training_set(mode):
     k_ids, k_dist = ["a", "b", "e", "c", "d"], [0.2, 0.9, math.nan, 0.6, 0.4]
     p_ids, p_dist = ["p", "q", "x", "r"], [0.05, 0.5, math.nan, 0.1]
     with pytest.raises(ValueError, match="without a finite target distance"):
-        (greedy_filter if mode == "filter" else random_filter)(k_ids, k_dist, p_ids, p_dist, replace=0.5, **({"lam": 0.0} if mode == "filter" else {"seed": 1}))
+        (greedy_filter if mode == "filter" else random_filter)(
+            k_ids, k_dist, p_ids, p_dist, replace=0.5, **({"lam": 0.0} if mode == "filter" else {"seed": 1})
+        )
     result = replace_training_set(mode, k_ids, k_dist, p_ids, p_dist, replace=0.5, seed=1)
     assert result.kept_undefined == ["e"] and result.excluded_pool == ["x"]
     assert "e" in result.train_ids and len(result.train_ids) == 5 and len(result.removed) == 2  # round(0.5 · 4)

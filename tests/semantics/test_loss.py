@@ -34,14 +34,18 @@ def test_gamma_zero_is_plain_mean_cross_entropy():
     logits = torch.randn(3, 4, 11)
     labels = torch.randint(0, 11, (3, 4))
     plain = F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1))  # equal lengths: token mean = row mean
-    assert reweighted_loss(logits, labels, [0.1, 0.5, 0.9], 0.0, reduction="mean").item() == pytest.approx(plain.item(), rel=1e-6)
+    assert reweighted_loss(logits, labels, [0.1, 0.5, 0.9], 0.0, reduction="mean").item() == pytest.approx(
+        plain.item(), rel=1e-6
+    )
     # Rows with different numbers of target tokens: mean over rows of each row's token mean.
     labels[0, 2:] = IGNORE_INDEX
     labels[2, 1:] = IGNORE_INDEX
     rows = [F.cross_entropy(logits[i], labels[i], ignore_index=IGNORE_INDEX) for i in range(3)]
     loss = reweighted_loss(logits, labels, [0.0, 0.3, 1.0], 0.0, reduction="mean")
     assert loss.item() == pytest.approx(torch.stack(rows).mean().item(), rel=1e-6)
-    assert reweighted_loss(logits, labels, [0.0, 0.3, 1.0], 0.0).item() == pytest.approx(torch.stack(rows).sum().item(), rel=1e-6)
+    assert reweighted_loss(logits, labels, [0.0, 0.3, 1.0], 0.0).item() == pytest.approx(
+        torch.stack(rows).sum().item(), rel=1e-6
+    )
 
 
 def test_two_examples_by_hand():

@@ -86,10 +86,18 @@ def test_soft_locality_by_hand():
 
 
 def test_sentence_preface():
-    assert is_sentence_preface("The artist who created", "Picasso") and is_sentence_preface("The genus Platy", "Mammalia")
-    assert is_sentence_preface("According to", "Paris") and is_sentence_preface("It,", "x") and is_sentence_preface("The", "CBS")
+    assert is_sentence_preface("The artist who created", "Picasso") and is_sentence_preface(
+        "The genus Platy", "Mammalia"
+    )
+    assert (
+        is_sentence_preface("According to", "Paris")
+        and is_sentence_preface("It,", "x")
+        and is_sentence_preface("The", "CBS")
+    )
     assert is_sentence_preface("He was born in", "1950") and is_sentence_preface("a female", "mezzo-soprano")
     assert not is_sentence_preface("John Williams", "Hans Zimmer") and not is_sentence_preface("1999", "2006")
-    assert not is_sentence_preface("The Danube River", "Wollondilly River") and not is_sentence_preface("The 1990s", "1995")
+    assert not is_sentence_preface("The Danube River", "Wollondilly River") and not is_sentence_preface(
+        "The 1990s", "1995"
+    )
     assert not is_sentence_preface("the hague", "The Hague Convention"), "the target starts with the same word"
     assert not is_sentence_preface("", "Paris")

@@ -114,8 +114,17 @@ def test_clip_distance():
 
 @pytest.mark.parametrize(
     "dist, band",
-    [(0.05, "none"), (0.1, "short"), (0.29, "short"), (0.3, "medium"), (0.59, "medium"), (0.6, "long"),
-     (1.0, "long"), (1.2, "none"), (math.nan, "none")],
+    [
+        (0.05, "none"),
+        (0.1, "short"),
+        (0.29, "short"),
+        (0.3, "medium"),
+        (0.59, "medium"),
+        (0.6, "long"),
+        (1.0, "long"),
+        (1.2, "none"),
+        (math.nan, "none"),
+    ],
 )
 def test_distance_band(dist, band):
     assert distance_band(dist) == band

@@ -11,7 +11,7 @@ import sys
 import psutil
 import pytest
 
-from raysem.service.chaos import run_chaos
+from raysem.bench.chaos import run_chaos
 from raysem.service.local_ray import RAY_ROOT, processes_of
 
 
@@ -37,14 +37,24 @@ def test_every_trial_logged_exactly_once_under_faults(tmp_path):
     made = not live.exists()
     survivor = decoy(live)
     try:
-        summary = run_chaos(trials=200, kill_every=5.0, folder=tmp_path, timeout=900, unpacked_share=0.05, pack_size=48, max_worker_kills=1)
+        summary = run_chaos(
+            trials=200,
+            kill_every=5.0,
+            folder=tmp_path,
+            timeout=900,
+            unpacked_share=0.05,
+            pack_size=48,
+            max_worker_kills=1,
+        )
         assert survivor.poll() is None and live.exists(), "a live driver's Ray was stopped"
     finally:
         survivor.kill()
         if made:
             live.rmdir()
     assert summary["worker_kills"] == 1 and summary["server_restarts"] == 1 and summary["driver_kills"] == 1, summary
-    assert summary["orphaned_ray_processes"] > 0, "a killed driver's Ray lingers (else the clean-up check proves nothing)"
+    assert summary["orphaned_ray_processes"] > 0, (
+        "a killed driver's Ray lingers (else the clean-up check proves nothing)"
+    )
     assert summary["orphaned_ray_processes_left"] == 0, summary
     assert summary["finished_distinct"] == 200, summary
     assert (summary["duplicates"], summary["lost"], summary["unexpected"], summary["running"]) == (0, 0, 0, 0), summary
@@ -59,8 +69,12 @@ def test_cleanup_stops_a_gone_drivers_ray_and_nothing_else(tmp_path):
     orphaned, survivor, neighbour = orphaned_decoy(orphan), decoy(live), decoy(tmp_path / "12")
     try:
         assert processes_of(tmp_path / "1") == [] and [p.pid for p in processes_of(tmp_path / "12")] == [neighbour.pid]
-        out = subprocess.run([sys.executable, "-m", "raysem.cli.main", "cleanup"], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0 and f"driver {gone.pid} (gone): stopped 1 Ray processes" in out.stdout, out.stdout + out.stderr
+        out = subprocess.run(
+            [sys.executable, "-m", "raysem.cli.main", "cleanup"], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0 and f"driver {gone.pid} (gone): stopped 1 Ray processes" in out.stdout, (
+            out.stdout + out.stderr
+        )
         assert not orphaned.is_running() and not orphan.exists() and not processes_of(orphan)
         assert survivor.poll() is None and live.exists()
     finally:

@@ -120,6 +120,8 @@ def test_specs_store_on_the_shared_mount_every_node_sets_up(config):
         raw = yaml.safe_load(spec_file.read_text())
         if not raw.get("resources", {}).get("expect_autoscaling"):
             continue  # a local job (the README's main job), not a cluster spec
-        assert Path(raw["storage_path"]).is_relative_to(mountpoint), f"{spec_file.name}: {raw['storage_path']} is off {mountpoint}"
+        assert Path(raw["storage_path"]).is_relative_to(mountpoint), (
+            f"{spec_file.name}: {raw['storage_path']} is off {mountpoint}"
+        )
         quick = raw.get("quick", {}).get("storage_path")
         assert quick is None or not Path(quick).is_absolute(), f"{spec_file.name}: the quick run stores locally"

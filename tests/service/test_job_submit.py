@@ -12,12 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO_ROOT, start_mlflow_server
 from mlflow import MlflowClient
 
 from raysem.ports import free_port
 from raysem.service.local_ray import stop_processes_of
 from raysem.service.ray_auth import auth_env, ensure_token
+
+from conftest import REPO_ROOT, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -46,30 +47,71 @@ def test_ray_job_submit_logs_study_to_mlflow_server(tmp_path, tiny_model_dir):
     spec.write_text(
         yaml.safe_dump(
             {
-                "name": "submitted", "kind": "reweight", "model": str(tiny_model_dir), "dataset": "worldfacts",
-                "data_limit": 60, "sampling": {"k": 2, "n_samplings": 1, "seed": 0},
-                "trial": {"method": "lora", "steps": 2}, "sweep": {"gamma": {"grid": [0.0, 1.0]}},
-                "resources": {"cpu": 1}, "tracking": {"uri": uri}, "storage_path": str(tmp_path / "ray"), "report": False,
+                "name": "submitted",
+                "kind": "reweight",
+                "model": str(tiny_model_dir),
+                "dataset": "worldfacts",
+                "data_limit": 60,
+                "sampling": {"k": 2, "n_samplings": 1, "seed": 0},
+                "trial": {"method": "lora", "steps": 2},
+                "sweep": {"gamma": {"grid": [0.0, 1.0]}},
+                "resources": {"cpu": 1},
+                "tracking": {"uri": uri},
+                "storage_path": str(tmp_path / "ray"),
+                "report": False,
             }
         )
-    )  # fmt: skip
+    )
     server = start_mlflow_server(tmp_path / "mlflow", mlflow_port)
     ray = str(bin_dir / "ray")
     try:
         subprocess.run(
-            [ray, "start", "--head", "--port", str(ray_port), "--num-cpus", "2", "--include-dashboard", "true",
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--disable-usage-stats",
-             "--dashboard-agent-listen-port", str(agent_port),  # not the default 52365: another Ray may hold it
-             "--temp-dir", ray_tmp],
-            env=env, check=True, timeout=180,
-        )  # fmt: skip
+            [
+                ray,
+                "start",
+                "--head",
+                "--port",
+                str(ray_port),
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dash_port),
+                "--disable-usage-stats",
+                "--dashboard-agent-listen-port",
+                str(agent_port),  # not the default 52365: another Ray may hold it
+                "--temp-dir",
+                ray_tmp,
+            ],
+            env=env,
+            check=True,
+            timeout=180,
+        )
         deadline = time.time() + 60
         while True:  # the head's job agent registers a little after `ray start` returns, later on a loaded machine
             submitted = subprocess.run(
-                [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", str(REPO_ROOT),
-                 "--", "python", "jobs/reweight.py", "--spec", str(spec)],
-                env=env, capture_output=True, text=True, timeout=600,
-            )  # fmt: skip
+                [
+                    ray,
+                    "job",
+                    "submit",
+                    "--address",
+                    f"http://127.0.0.1:{dash_port}",
+                    "--working-dir",
+                    str(REPO_ROOT),
+                    "--",
+                    "python",
+                    "jobs/reweight.py",
+                    "--spec",
+                    str(spec),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             if "No available agent to submit job" not in submitted.stderr or time.time() > deadline:
                 break
             time.sleep(3)

@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, tiny_spec, trial_runs
 
 from raysem.ports import free_port
 from raysem.service.interrupt import BARRIER
-from raysem.service.spec import load_spec
 from raysem.service.planning import count_trials
+from raysem.service.spec import load_spec
 from raysem.service.study import run_study
+
+from conftest import REPO_ROOT, tiny_spec, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,9 @@ def simulated():
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    sim = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port()})
+    sim = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port()}
+    )
     nodes = {"pool": sim.add_node(**NODE_ARGS["pool"]), "a100": sim.add_node(**NODE_ARGS["a100"])}
     ray.init(address=sim.address)
     yield sim, nodes
@@ -74,7 +77,11 @@ def exactly_once(uri: str, experiment: str, expected: int) -> None:
     _, runs = trial_runs(uri, experiment)
     keys = [r.data.tags["raysem.trial_key"] for r in runs]
     statuses = {r.info.status for r in runs}
-    assert (len(keys), len(set(keys)), statuses) == (expected, expected, {"FINISHED"}), (len(keys), len(set(keys)), statuses)
+    assert (len(keys), len(set(keys)), statuses) == (expected, expected, {"FINISHED"}), (
+        len(keys),
+        len(set(keys)),
+        statuses,
+    )
 
 
 def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir, cluster):
@@ -82,8 +89,12 @@ def test_a_lost_pool_node_loses_and_duplicates_no_trial(tmp_path, tiny_model_dir
     and the study finishes with every trial exactly once."""
     sim, nodes = cluster
     path = cluster_spec(
-        tmp_path, tiny_model_dir, "preempted", sampling={"k": 2, "n_samplings": 8, "seed": 1}, failure={"max_failures": 3},
-    )  # fmt: skip
+        tmp_path,
+        tiny_model_dir,
+        "preempted",
+        sampling={"k": 2, "n_samplings": 8, "seed": 1},
+        failure={"max_failures": 3},
+    )
     spec = load_spec(path)
     barrier = tmp_path / "barrier"  # two units finish, the third waits (running on the pool node) for the release
     barrier.mkdir()
@@ -135,9 +146,14 @@ def test_trials_land_on_their_pools_and_a_lost_a100_node_fails_the_full_finetune
 
     sim, nodes = cluster
     path = cluster_spec(
-        tmp_path, tiny_model_dir, "a100-lost", sampling={"k": 2, "n_samplings": 2, "seed": 2}, sweep={"method": {"grid": ["lora", "full"]}},
-        trial={"method": "lora", "steps": 4, "lr": 1e-4, "num_workers": 2, "batch_size": 2}, failure={"max_failures": 1},
-    )  # fmt: skip
+        tmp_path,
+        tiny_model_dir,
+        "a100-lost",
+        sampling={"k": 2, "n_samplings": 2, "seed": 2},
+        sweep={"method": {"grid": ["lora", "full"]}},
+        trial={"method": "lora", "steps": 4, "lr": 1e-4, "num_workers": 2, "batch_size": 2},
+        failure={"max_failures": 1},
+    )
     spec = load_spec(path)
     earlier = {a.actor_id for a in list_actors(address=sim.address, limit=10000)}  # the module's other tests' actors
     env = {**os.environ, "RAY_ADDRESS": sim.address}
@@ -159,16 +175,44 @@ def test_trials_land_on_their_pools_and_a_lost_a100_node_fails_the_full_finetune
     exactly_once(spec.tracking.uri, spec.experiment, count_trials(spec))
     # DeepSpeed workers were alive when their node went, so the run finished only by restarting them; the
     # controller's retry notice reaches the driver's log when Ray forwards it in time.
-    for notice in re.findall(r"\[FailurePolicy\] RETRY\n(?:.*\n){0,3}?.*Error count: \d+ \(max allowed: [^)]*\)", stderr):
+    for notice in re.findall(
+        r"\[FailurePolicy\] RETRY\n(?:.*\n){0,3}?.*Error count: \d+ \(max allowed: [^)]*\)", stderr
+    ):
         assert "max allowed: 1)" in notice, notice
 
     where: dict[str, set[str]] = {}
     for actor in list_actors(address=sim.address, detail=True, limit=10000):
-        if actor.actor_id in earlier or actor.node_id is None:  # None: created, never placed (a group torn down with its node)
+        if (
+            actor.actor_id in earlier or actor.node_id is None
+        ):  # None: created, never placed (a group torn down with its node)
             continue
         # Ray names a Tune function trainable "ImplicitFunc" or "wrap_function.<locals>.ImplicitFunc"
         where.setdefault(actor.class_name.rsplit(".", 1)[-1], set()).add(actor.node_id)
     assert where["TrialLogger"] == {sim.head_node.node_id}, "the logger (and its pending store) stay on the head"
     assert where["ImplicitFunc"] == {nodes["pool"].node_id}, "every Tune trial on the pool node"
     train_workers = {node for name, ids in where.items() if name.startswith("RayTrainWorker") for node in ids}
-    assert train_workers == {lost, fresh}, f"DeepSpeed workers only on the A100 nodes (the lost one, then the fresh one), got {where}"
+    assert train_workers == {lost, fresh}, (
+        f"DeepSpeed workers only on the A100 nodes (the lost one, then the fresh one), got {where}"
+    )
+
+
+def test_a_unit_that_reserved_a_gpu_cuda_cannot_see_stops_with_a_clear_error(tmp_path, tiny_model_dir, cluster):
+    """A node offers a (simulated) GPU, which Ray assigns to the unit, but torch sees no CUDA: the unit stops
+    before any trial, naming the GPU and the way out, instead of training on the node's CPU."""
+    from raysem.service.interrupt import StudyInterrupted
+
+    sim, _ = cluster
+    gpu_node = sim.add_node(num_cpus=1, num_gpus=1, resources={"gpupool": 1})
+    try:
+        sim.wait_for_nodes()
+        resources = {"cpu": 1, "gpu": 1, "custom": {"gpupool": 1}}
+        spec = load_spec(
+            cluster_spec(tmp_path, tiny_model_dir, "no-cuda", resources=resources, sampling={"k": 2, "n_samplings": 1})
+        )
+        with pytest.raises(StudyInterrupted, match="errored"):
+            run_study(spec, address=sim.address)
+        errors = [p.read_text() for p in (tmp_path / "ray" / spec.name).rglob("error.txt")]
+        assert errors and all("reserved GPU [0]" in e and "resources.gpu: 0" in e for e in errors), errors
+        assert trial_runs(spec.tracking.uri, spec.experiment)[1] == [], "no trial ran on the CPU instead"
+    finally:
+        sim.remove_node(gpu_node)

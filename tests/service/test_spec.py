@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysem.service.spec import SpecError, load_spec
 from raysem.service.planning import count_trials, expand_units, trial_key
+from raysem.service.spec import SpecError, load_spec
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
@@ -36,21 +36,48 @@ def write(tmp_path: Path, data: dict) -> Path:
         ({"name": "s", "sweep": {"gamma": {"uniform": [0, 1]}}}, "grid search"),
         ({"name": "s", "prompt_style": "qa"}, "prompt_style"),
         ({"name": "s", "trial": {"optimizer": "adam"}}, "optimizer"),
-        ({"name": "s", "sampling": {"k": 1}, "filter": {"filter_mode": "filter", "replace": 0.5}}, "filter settings with k = 1"),
-        ({"name": "s", "sampling": {"k": 10}, "sweep": {"k": {"grid": [1, 10]}, "filter_mode": {"grid": ["none", "random"]}}},
-         "filter settings with k = 1"),
+        (
+            {"name": "s", "sampling": {"k": 1}, "filter": {"filter_mode": "filter", "replace": 0.5}},
+            "filter settings with k = 1",
+        ),
+        (
+            {
+                "name": "s",
+                "sampling": {"k": 10},
+                "sweep": {"k": {"grid": [1, 10]}, "filter_mode": {"grid": ["none", "random"]}},
+            },
+            "filter settings with k = 1",
+        ),
         ({"name": "s", "sweep": {"lr": {"grid": ["fast"]}}}, "sweep.lr: Input should be a valid number"),
-        ({"name": "s", "sweep": {"steps": {"grid": [5, 0]}}}, "sweep.steps: Input should be greater than or equal to 1 (got 0)"),
+        (
+            {"name": "s", "sweep": {"steps": {"grid": [5, 0]}}},
+            "sweep.steps: Input should be greater than or equal to 1 (got 0)",
+        ),
         ({"name": "s", "sweep": {"k": {"grid": [0]}}}, "sweep.k: set sizes must be integers >= 1, got 0"),
         ({"name": "s", "sweep": {"k": {"grid": [2.5]}}}, "sweep.k"),
-        ({"name": "s", "search": {"algorithm": "optuna"}, "sweep": {"gamma": {"uniform": [2.0, 0.0]}}}, "sweep.gamma: "),
-        ({"name": "s", "search": {"algorithm": "random"}, "sweep": {"lr": {"loguniform": [0.0, 0.1]}}}, "loguniform bounds must be > 0"),
+        (
+            {"name": "s", "search": {"algorithm": "optuna"}, "sweep": {"gamma": {"uniform": [2.0, 0.0]}}},
+            "sweep.gamma: ",
+        ),
+        (
+            {"name": "s", "search": {"algorithm": "random"}, "sweep": {"lr": {"loguniform": [0.0, 0.1]}}},
+            "loguniform bounds must be > 0",
+        ),
         ({"name": "s", "search": {"algorithm": "random"}, "sweep": {"rank": {"randint": [8, 8]}}}, "sweep.rank: "),
-        ({"name": "s", "search": {"algorithm": "random"}, "sweep": {"rank": {"randint": [0, 8]}}}, "sweep.rank: Input should be greater"),
+        (
+            {"name": "s", "search": {"algorithm": "random"}, "sweep": {"rank": {"randint": [0, 8]}}},
+            "sweep.rank: Input should be greater",
+        ),
         ({"name": "s", "sweep": {"gamma": {"grid": []}}}, "sweep.gamma: "),
-        ({"name": "s", "trial": {"dropout": 0.1}}, "pack_size: 8 packs single-fact LoRA trials, and packed trials need dropout 0"),
+        (
+            {"name": "s", "trial": {"dropout": 0.1}},
+            "pack_size: 8 packs single-fact LoRA trials, and packed trials need dropout 0",
+        ),
         ({"name": "s", "sweep": {"dropout": {"grid": [0.0, 0.2]}}}, "dropout 0"),
-        ({"name": "s", "trial": {"steps": 5}, "quick": {"trial": {"steps": 0}}}, "with --quick: trial.steps: Input should be greater than or equal to 1 (got 0)"),
+        (
+            {"name": "s", "trial": {"steps": 5}, "quick": {"trial": {"steps": 0}}},
+            "with --quick: trial.steps: Input should be greater than or equal to 1 (got 0)",
+        ),
         ({"name": "s", "quick": {"sampling": {"k": 0}}}, "with --quick: sampling.k"),
         ({"name": "s", "trial": {"lr": float("nan")}}, "trial.lr: "),
         ({"name": "s", "sweep": {"mean_min": {"grid": ["low"]}}}, "sweep.mean_min"),
@@ -73,9 +100,13 @@ def test_spec_check_and_schema_commands(tmp_path):
     from raysem.cli.main import app
 
     runner = CliRunner()
-    bad = runner.invoke(app, ["spec", "check", str(write(tmp_path, {"name": "s", "sweep": {"lr": {"grid": ["fast"]}}}))])
+    bad = runner.invoke(
+        app, ["spec", "check", str(write(tmp_path, {"name": "s", "sweep": {"lr": {"grid": ["fast"]}}}))]
+    )
     assert bad.exit_code == 2 and "sweep.lr" in bad.output and "'fast'" in bad.output
-    good = runner.invoke(app, ["spec", "check", str(JOBS / "reweight.yaml"), "--quick", "--set", "sampling.n_samplings=3"])
+    good = runner.invoke(
+        app, ["spec", "check", str(JOBS / "reweight.yaml"), "--quick", "--set", "sampling.n_samplings=3"]
+    )
     assert good.exit_code == 0, good.output
     assert json.loads(good.output)["name"] == "reweight"
     schema = json.loads(runner.invoke(app, ["spec", "schema"]).output)
@@ -109,15 +140,31 @@ def test_gamma_on_single_adamw_facts_warns(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", GammaNoOpWarning)
-        load_spec(write(tmp_path, {"name": "s", "sampling": {"k": 1}, "trial": {"optimizer": "sgd"}, "sweep": {"gamma": {"grid": [0.0, 1.0]}}}))
+        load_spec(
+            write(
+                tmp_path,
+                {
+                    "name": "s",
+                    "sampling": {"k": 1},
+                    "trial": {"optimizer": "sgd"},
+                    "sweep": {"gamma": {"grid": [0.0, 1.0]}},
+                },
+            )
+        )
         load_spec(write(tmp_path, {"name": "s", "sampling": {"k": 5}, "sweep": {"gamma": {"grid": [0.0, 1.0]}}}))
-        spec = load_spec(write(tmp_path, {"name": "s", "prompt_style": "chat", "answer_budget": "free", "free_tokens": 9}))
+        spec = load_spec(
+            write(tmp_path, {"name": "s", "prompt_style": "chat", "answer_budget": "free", "free_tokens": 9})
+        )
     assert spec.prompting.key() == {"prompt_style": "chat", "answer_budget": "free:9"}
 
 
 def test_excluded_grid_points_are_left_out(tmp_path):
-    data = {"name": "s", "sampling": {"k": 1, "n_samplings": 4, "per_k": {10: 2}},
-            "sweep": {"k": {"grid": [1, 10]}, "gamma": {"grid": [0.0, 1.0]}}, "exclude": [{"k": 1, "gamma": 1.0}]}  # fmt: skip
+    data = {
+        "name": "s",
+        "sampling": {"k": 1, "n_samplings": 4, "per_k": {10: 2}},
+        "sweep": {"k": {"grid": [1, 10]}, "gamma": {"grid": [0.0, 1.0]}},
+        "exclude": [{"k": 1, "gamma": 1.0}],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # γ now acts only on the 10-fact sets
         spec = load_spec(write(tmp_path, data))
@@ -151,8 +198,13 @@ def test_units_pack_single_fact_lora_and_count_trials(tmp_path):
 def test_trial_key_is_stable_and_distinguishes_points():
     a = trial_key({"gamma": 1.0}, 3, 10, "f0")
     assert a == trial_key({"gamma": 1.0}, 3, 10, "f0")
-    others = [trial_key({"gamma": 0.0}, 3, 10, "f0"), trial_key({"gamma": 1.0}, 4, 10, "f0"), trial_key({"gamma": 1.0}, 3, 1, "f0"),
-              trial_key({"gamma": 1.0}, 3, 10, "f1"), trial_key({"gamma": 1.0}, 3, 10, None)]  # fmt: skip
+    others = [
+        trial_key({"gamma": 0.0}, 3, 10, "f0"),
+        trial_key({"gamma": 1.0}, 4, 10, "f0"),
+        trial_key({"gamma": 1.0}, 3, 1, "f0"),
+        trial_key({"gamma": 1.0}, 3, 10, "f1"),
+        trial_key({"gamma": 1.0}, 3, 10, None),
+    ]
     assert len({a, *others}) == 6
 
 

@@ -32,7 +32,9 @@ def test_node_local_storage_is_fine_on_one_machine(local_dir):
     assert list(local_dir.iterdir()) == [], "the write probe is cleaned up"
 
 
-@pytest.mark.parametrize(("hosts", "autoscaling", "why"), [(3, False, "spans 3 machines"), (1, True, "expect_autoscaling")])
+@pytest.mark.parametrize(
+    ("hosts", "autoscaling", "why"), [(3, False, "spans 3 machines"), (1, True, "expect_autoscaling")]
+)
 def test_node_local_storage_is_refused_on_a_cluster(local_dir, hosts, autoscaling, why):
     fstype = mount_of(local_dir).fstype
     with pytest.raises(StorageError, match=rf"{local_dir}.*node-local filesystem \({fstype} at .*{why}.*/mnt/raysem"):

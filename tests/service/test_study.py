@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ensure_ray, tiny_spec, trial_runs
 
 from raysem.errors import SpecError
-from raysem.service.spec import load_spec
 from raysem.service.interrupt import INTERRUPT_AT, StudyInterrupted
 from raysem.service.planning import count_trials
+from raysem.service.spec import load_spec
 from raysem.service.study import ResourceError, run_study
+
+from conftest import ensure_ray, tiny_spec, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -44,17 +45,28 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
     for run in runs:
         by_k[run.data.params["k"]] += 1
         assert {"accuracy", "generality", "locality", "deviation_rate", "wall_s"} <= set(run.data.metrics)
+        assert (run.data.params["device"], run.data.params["precision"]) == ("cpu", "float32")
         records = pd.read_parquet(client.download_artifacts(run.info.run_id, "records/facts.parquet"))
         assert len(records) == int(run.data.params["k"])
         assert run.data.metrics["accuracy"] == pytest.approx(records["exact_match"].mean())
     assert by_k == {"1": 8, "3": 4}
     parent = client.get_run(outcome.parent_run_id).data
-    assert (parent.params["trial.lr"], parent.params["trial.steps"], parent.params["sweep.gamma.grid"]) == ("0.001", "2", "[0.0, 1.0]")
-    assert (parent.params["trial.optimizer"], parent.params["prompt_style"], parent.params["sampling.k"]) == ("adamw", "fewshot", "1")
+    assert (parent.params["trial.lr"], parent.params["trial.steps"], parent.params["sweep.gamma.grid"]) == (
+        "0.001",
+        "2",
+        "[0.0, 1.0]",
+    )
+    assert (parent.params["trial.optimizer"], parent.params["prompt_style"], parent.params["sampling.k"]) == (
+        "adamw",
+        "fewshot",
+        "1",
+    )
     assert parent.tags["raysem.study_kind"] == "quick" and len(parent.tags["raysem.dataset_sha256"]) == 64
     gammas = {(r.data.params["k"], r.data.params["sampling"], r.data.params["seed"]): set() for r in runs}
     for run in runs:
-        gammas[(run.data.params["k"], run.data.params["sampling"], run.data.params["seed"])].add(run.data.params["gamma"])
+        gammas[(run.data.params["k"], run.data.params["sampling"], run.data.params["seed"])].add(
+            run.data.params["gamma"]
+        )
     assert all(g == {"0.0", "1.0"} for g in gammas.values()), "every sampling is paired across γ with the same seed"
 
     again = run_study(spec)
@@ -62,18 +74,29 @@ def test_study_logs_each_trial_once_with_records(tmp_path, tiny_model_dir, local
     assert (again.trials, again.ran) == (outcome.trials, 0)
 
     # γ = 2 added to the grid, then --resume: a restored Tune run would hold only the old grid's trials
-    grown = load_spec(tiny_spec(tmp_path, tiny_model_dir, "tiny-study", sweep={"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0, 2.0]}}))
+    grown = load_spec(
+        tiny_spec(
+            tmp_path, tiny_model_dir, "tiny-study", sweep={"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0, 2.0]}}
+        )
+    )
     assert run_study(grown, resume=True).ran == outcome.trials // 2
     keys = [r.data.tags["raysem.trial_key"] for r in trial_runs(again.tracking_uri, spec.experiment)[1]]
     assert len(keys) == len(set(keys)) == count_trials(grown) == outcome.trials * 3 // 2
 
     # the same name with another learning rate: refused before any trial, naming the field, or run apart
-    changed = load_spec(tiny_spec(tmp_path, tiny_model_dir, "tiny-study", trial={"method": "lora", "steps": 2, "lr": 2e-3}))
-    with pytest.raises(SpecError, match=r"holds study run tiny-study .* changed: trial\.lr: 0\.001 -> 0\.002\. Its trials would be skipped"):
+    changed = load_spec(
+        tiny_spec(tmp_path, tiny_model_dir, "tiny-study", trial={"method": "lora", "steps": 2, "lr": 2e-3})
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"holds study run tiny-study .* changed: trial\.lr: 0\.001 -> 0\.002\. Its trials would be skipped",
+    ):
         run_study(changed)
     apart = run_study(changed, new_experiment=True)
     assert apart.experiment.startswith("tiny-study-") and apart.ran == outcome.trials
-    assert len(trial_runs(again.tracking_uri, spec.experiment)[1]) == len(keys), "nothing was added to the old experiment"
+    assert len(trial_runs(again.tracking_uri, spec.experiment)[1]) == len(keys), (
+        "nothing was added to the old experiment"
+    )
 
 
 BOUNDARIES = ("search:1", "search-end", "confirm:1", "end")
@@ -84,11 +107,19 @@ confirmation, during the confirmation, and before the study run is marked FINISH
 def searched_spec(tmp_path: Path, model_dir: Path, algorithm: str):
     """A γ search (SGD, so that γ acts on single facts) of two points, confirmed on two fresh samplings:
     two search units, then the best point and its γ = 0 baseline, one packed unit each."""
-    return load_spec(tiny_spec(
-        tmp_path, model_dir, f"searched-{algorithm}", sampling={"k": 1, "n_samplings": 1, "seed": 0},
-        trial={"method": "lora", "steps": 2, "lr": 1e-3, "optimizer": "sgd"}, sweep={"gamma": {"uniform": [0.0, 2.0]}},
-        pack_size=2, report=False, search={"algorithm": algorithm, "num_samples": 2, "confirm": {"n_samplings": 2, "seed": 5}},
-    ))  # fmt: skip
+    return load_spec(
+        tiny_spec(
+            tmp_path,
+            model_dir,
+            f"searched-{algorithm}",
+            sampling={"k": 1, "n_samplings": 1, "seed": 0},
+            trial={"method": "lora", "steps": 2, "lr": 1e-3, "optimizer": "sgd"},
+            sweep={"gamma": {"uniform": [0.0, 2.0]}},
+            pack_size=2,
+            report=False,
+            search={"algorithm": algorithm, "num_samples": 2, "confirm": {"n_samplings": 2, "seed": 5}},
+        )
+    )
 
 
 def study_state(spec) -> tuple[list[str], str]:
@@ -150,7 +181,9 @@ def test_a_random_search_interrupted_at_every_boundary_in_turn_resumes_to_the_sa
     assert outcome.best_point == uninterrupted["random"][1] and outcome.ran == 0
 
 
-def test_a_search_job_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_model_dir, local_ray, monkeypatch, capsys):
+def test_a_search_job_resumes_then_confirms_on_fresh_samplings(
+    tmp_path, tiny_model_dir, local_ray, monkeypatch, capsys
+):
     """The job entry point: an Optuna γ × λ search of filtered 3-fact sets, interrupted mid-search, exits 130
     and resumes; the best point and the baseline (γ = 0, λ = 0) run once on confirmation samplings, paired;
     a changed search is refused on resume; the report has a sweep section with the confirmed difference."""
@@ -158,11 +191,15 @@ def test_a_search_job_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_mo
     from raysem.service.job import job_main
 
     path = tiny_spec(
-        tmp_path, tiny_model_dir, "searched", sampling={"k": 3, "n_samplings": 1, "seed": 0}, sweep={
-            "gamma": {"uniform": [0.0, 2.0]}, "filter_lambda": {"uniform": [0.0, 4.0]}},
-        filter={"filter_mode": "filter", "replace": 0.5}, report=False,
+        tmp_path,
+        tiny_model_dir,
+        "searched",
+        sampling={"k": 3, "n_samplings": 1, "seed": 0},
+        sweep={"gamma": {"uniform": [0.0, 2.0]}, "filter_lambda": {"uniform": [0.0, 4.0]}},
+        filter={"filter_mode": "filter", "replace": 0.5},
+        report=False,
         search={"algorithm": "optuna", "num_samples": 3, "confirm": {"n_samplings": 2, "seed": 5}},
-    )  # fmt: skip
+    )
     spec = load_spec(path)
     assert spec.objective == "trained_accuracy"
     monkeypatch.setenv(INTERRUPT_AT, "search:2")
@@ -190,7 +227,9 @@ def test_a_search_job_resumes_then_confirms_on_fresh_samplings(tmp_path, tiny_mo
     assert job_main(argv=["--spec", str(path), "--resume", "--set", "search.num_samples=6"]) == 2
     assert "a search resumes only as it started" in capsys.readouterr().err
 
-    summary = build_report(spec.experiment, tracking_uri=spec.tracking.uri, out_dir=tmp_path / "report", log_to_mlflow=False)
+    summary = build_report(
+        spec.experiment, tracking_uri=spec.tracking.uri, out_dir=tmp_path / "report", log_to_mlflow=False
+    )
     assert "sweep" in summary.sections and "sweep" in summary.figures
     text = summary.markdown.read_text()
     assert "Confirmation: trained_accuracy" in text and "Δ best − baseline" in text
@@ -226,9 +265,19 @@ def test_best_point_breaks_ties_the_same_way_in_any_trial_order(tmp_path, tiny_m
 
     from raysem.service.planning import best_point
 
-    spec = load_spec(tiny_spec(tmp_path, tiny_model_dir, "ties", sweep={"gamma": {"uniform": [0.0, 2.0]}},
-                               search={"algorithm": "optuna", "num_samples": 3}))  # fmt: skip
-    results = [SimpleNamespace(metrics={"accuracy": a}, config={"unit": {"point": {"gamma": g}}}) for a, g in ((0.0, 1.5), (0.0, 0.5), (float("nan"), 0.1))]
+    spec = load_spec(
+        tiny_spec(
+            tmp_path,
+            tiny_model_dir,
+            "ties",
+            sweep={"gamma": {"uniform": [0.0, 2.0]}},
+            search={"algorithm": "optuna", "num_samples": 3},
+        )
+    )
+    results = [
+        SimpleNamespace(metrics={"accuracy": a}, config={"unit": {"point": {"gamma": g}}})
+        for a, g in ((0.0, 1.5), (0.0, 0.5), (float("nan"), 0.1))
+    ]
     assert best_point(spec, results) == best_point(spec, results[::-1]) == {"gamma": 0.5}
     results[0].metrics["accuracy"] = 0.25
     assert best_point(spec, results[::-1]) == {"gamma": 1.5}

@@ -7,25 +7,43 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import start_mlflow_server
 from mlflow import MlflowClient
 
 from raysem.ports import free_port
 from raysem.service import tracking
 from raysem.training.results import TrialResult, aggregate
 
+from conftest import start_mlflow_server
+
 
 def make_result(key: str) -> TrialResult:
     records = [
         {
-            "fact_id": f"f{i}", "prompt": f"q{i}?", "target": f"t{i}", "y_old": "old", "y_old_raw": "old",
-            "y_new": f"t{i}" if i == 0 else "no", "y_new_raw": "x", "exact_match": float(i == 0), "token_accuracy": 0.5,
-            "generality": 0.0, "locality": 1.0, "locality_soft": 1.0, "portability": math.nan, "dist_old": 0.2 * (i + 1),
-            "dist_new": 0.0 if i == 0 else 0.5, "deviation": i == 2, "rd": 1.0, "bad_case": i != 0, "y_new_empty": False,
+            "fact_id": f"f{i}",
+            "prompt": f"q{i}?",
+            "target": f"t{i}",
+            "y_old": "old",
+            "y_old_raw": "old",
+            "y_new": f"t{i}" if i == 0 else "no",
+            "y_new_raw": "x",
+            "exact_match": float(i == 0),
+            "token_accuracy": 0.5,
+            "generality": 0.0,
+            "locality": 1.0,
+            "locality_soft": 1.0,
+            "portability": math.nan,
+            "dist_old": 0.2 * (i + 1),
+            "dist_new": 0.0 if i == 0 else 0.5,
+            "deviation": i == 2,
+            "rd": 1.0,
+            "bad_case": i != 0,
+            "y_new_empty": False,
         }
         for i in range(3)
-    ]  # fmt: skip
-    return TrialResult(key, {}, ["f0"], ["f0", "f1", "f2"], records, {**aggregate(records), "wall_s": 1.5}, [2.0, 1.0, 0.5])
+    ]
+    return TrialResult(
+        key, {}, ["f0"], ["f0", "f1", "f2"], records, {**aggregate(records), "wall_s": 1.5}, [2.0, 1.0, 0.5]
+    )
 
 
 def read_back(uri: str, experiment: str, key: str):
@@ -38,8 +56,12 @@ def read_back(uri: str, experiment: str, key: str):
     return client, run, pd.read_parquet(local)
 
 
-def pend(tmp_path, key: str, experiment: str, parent: str | None = None, params: dict | None = None, error: str | None = None):
-    return tracking.PendingTrial(key, experiment, parent, params or {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, make_result(key), error).write(tmp_path / "pending")
+def pend(
+    tmp_path, key: str, experiment: str, parent: str | None = None, params: dict | None = None, error: str | None = None
+):
+    return tracking.PendingTrial(
+        key, experiment, parent, params or {"gamma": 1.0, "k": 3}, {"raysem.model": "m"}, make_result(key), error
+    ).write(tmp_path / "pending")
 
 
 def assert_trial_run(uri: str, experiment: str, key: str, parent: str | None, status: str = "FINISHED"):
@@ -50,7 +72,9 @@ def assert_trial_run(uri: str, experiment: str, key: str, parent: str | None, st
     assert run.info.run_name == "k=3 γ=1 s0" == run.data.tags["mlflow.runName"]
     assert run.data.metrics["accuracy"] == pytest.approx(1 / 3)
     assert run.data.metrics["train_loss"] == 0.5, "the latest value of a series is its last step"
-    assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)] == [2.0, 1.0, 0.5]
+    assert [
+        m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
+    ] == [2.0, 1.0, 0.5]
     assert facts["fact_id"].tolist() == ["f0", "f1", "f2"] and facts["exact_match"].sum() == 1
     return run
 
@@ -58,7 +82,9 @@ def assert_trial_run(uri: str, experiment: str, key: str, parent: str | None, st
 def test_trials_logged_to_sqlite_in_one_batch_read_back(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_study(uri, "exp-a", "study", {"raysem.study_kind": "quick"}, {"spec": "{}"})
-    folders = [pend(tmp_path, f"t-{i}", "exp-a", parent) for i in range(3)] + [pend(tmp_path, "t-bad", "exp-a", parent, error="ValueError: x")]
+    folders = [pend(tmp_path, f"t-{i}", "exp-a", parent) for i in range(3)] + [
+        pend(tmp_path, "t-bad", "exp-a", parent, error="ValueError: x")
+    ]
     assert tracking.record_trials(uri, folders)
     assert not any(folder.exists() for folder in folders)
     for i in range(3):
@@ -89,10 +115,15 @@ def test_sync_skips_trials_mlflow_already_has_and_orphans_are_closed(tmp_path):
     shutil.copytree(copy, logged)  # logged, then the process died before removing the folder
     pend(tmp_path, "t-2", "exp-y")
     assert tracking.sync_pending(uri, tmp_path / "pending") == (1, 1, [])
-    assert sorted(r.data.tags["raysem.trial_key"] for r in tracking.search_trial_runs(uri, "exp-y", "attributes.status = 'FINISHED'")) == ["t-1", "t-2"]
+    assert sorted(
+        r.data.tags["raysem.trial_key"]
+        for r in tracking.search_trial_runs(uri, "exp-y", "attributes.status = 'FINISHED'")
+    ) == ["t-1", "t-2"]
 
     client = MlflowClient(tracking_uri=uri)
-    orphan = client.create_run(client.get_experiment_by_name("exp-y").experiment_id, tags={"raysem.role": "trial", "raysem.trial_key": "t-3"})
+    orphan = client.create_run(
+        client.get_experiment_by_name("exp-y").experiment_id, tags={"raysem.role": "trial", "raysem.trial_key": "t-3"}
+    )
     assert tracking.close_orphaned_runs(uri, "exp-y") == 1
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     assert "t-3" not in tracking.finished_trial_keys(uri, "exp-y"), "a killed run is not a finished trial"
@@ -119,7 +150,9 @@ def test_logger_fails_loudly_when_done_trials_cannot_be_read(tmp_path, monkeypat
     (tmp_path / "a-file").write_text("not a folder")
     uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
     logger = tracking.TrialLogger(uri, "exp-e", None, str(tmp_path / "pending"), {})
-    with pytest.raises(tracking.TrackingUnavailable, match="reading finished trials from sqlite:///.*a-file.*failed 3 times"):
+    with pytest.raises(
+        tracking.TrackingUnavailable, match="reading finished trials from sqlite:///.*a-file.*failed 3 times"
+    ):
         logger.done_among(["t-1"])
 
 
@@ -154,19 +187,29 @@ def test_unreachable_server_keeps_results_and_sync_logs_them_then_batches_go_thr
 
 
 def test_run_names_are_readable_and_rounded():
-    params = {"k": 100, "gamma": 0.2153133598719359, "filter_mode": "filter", "replace": 0.6, "filter_lambda": 2.380208256824961,
-              "method": "lora", "sampling": 3}  # fmt: skip
+    params = {
+        "k": 100,
+        "gamma": 0.2153133598719359,
+        "filter_mode": "filter",
+        "replace": 0.6,
+        "filter_lambda": 2.380208256824961,
+        "method": "lora",
+        "sampling": 3,
+    }
     pending = tracking.PendingTrial("t-1", "e", None, params, {}, make_result("t-1"))
     assert pending.run_name == "k=100 γ=0.215 filter ρ=0.6 λ=2.38 lora s3"
     assert tracking.PendingTrial("t-2", "e", None, {"gamma": 1.0}, {}, make_result("t-2")).run_name == "t-2"
 
 
 def test_tracking_bench_reads_every_run_back_and_gives_the_server_ceiling():
-    from raysem.service.tracking_bench import run_tracking_bench
+    from raysem.bench.tracking import run_tracking_bench
 
     out = run_tracking_bench(trials=24, batch=8, per_trial=4)
     for name in ("sqlite", "server"):
-        assert out[name]["runs_per_s"] > 0 and out[name]["speedup"] == out[name]["runs_per_s"] / out[name]["per_trial_runs_per_s"]
+        assert (
+            out[name]["runs_per_s"] > 0
+            and out[name]["speedup"] == out[name]["runs_per_s"] / out[name]["per_trial_runs_per_s"]
+        )
     assert out["server_store"]["runs_per_s"] > 0 and out["runs_per_s"] == out["sqlite"]["runs_per_s"]
     ceiling = out["server_ceiling"]
     assert ceiling["runs_per_s_bound"] == ceiling["write_requests_per_s"] / 3 > 0
@@ -184,7 +227,9 @@ def test_a_moved_sqlite_store_is_relocated_and_reads_back(tmp_path):
     shutil.move(tmp_path / "a", tmp_path / "b")
     moved = f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
     result = CliRunner().invoke(app, ["relocate", moved])
-    assert result.exit_code == 0 and result.output.strip() == "4 artifact locations rewritten", result.output  # experiment, parent, 2 trials
+    assert result.exit_code == 0 and result.output.strip() == "4 artifact locations rewritten", (
+        result.output
+    )  # experiment, parent, 2 trials
     for i in range(2):
         assert_trial_run(moved, "exp-a", f"t-{i}", parent)
     assert CliRunner().invoke(app, ["relocate", moved]).output.strip() == "0 artifact locations rewritten"

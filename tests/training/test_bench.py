@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
-from conftest import shared_file
 from rich.console import Console
 from typer.testing import CliRunner
 
+from raysem.bench.training import variant_label
 from raysem.cli.bench import bench_app, render_table
-from raysem.training.bench import ModelShape
 from raysem.training.config import TrialConfig
+from raysem.training.flops import ModelShape
+
+from conftest import shared_file
 
 
 def test_flop_count_of_the_tiny_llama(tiny):
@@ -27,7 +29,9 @@ def test_flop_count_of_the_tiny_llama(tiny):
     backward = 2 * 73728 * 3 + 4 * 3584 * 3 + 2 * attention + 2 * 64 * len(tiny.tokenizer) * 2
     assert shape.train_step(3, 2) == shape.forward(3, logits=2) + backward
     # full fine-tuning adds the base weights' gradients: 2·N·T and the output head's 2·d·V·t
-    assert shape.train_step(3, 2, full=True) == shape.train_step(3, 2) + 2 * 73728 * 3 + 2 * 64 * len(tiny.tokenizer) * 2
+    assert (
+        shape.train_step(3, 2, full=True) == shape.train_step(3, 2) + 2 * 73728 * 3 + 2 * 64 * len(tiny.tokenizer) * 2
+    )
     assert ModelShape.of_model(tiny.model, TrialConfig(rank=8, target_modules=("q_proj", "v_proj"))) == shape
     assert shape.generate(4, 3) == shape.forward(4, logits=1) + shape.forward(1, 4, 1) + shape.forward(1, 5, 1)
 
@@ -40,7 +44,7 @@ def test_quick_bench_json(tiny_model_dir):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["model"] == str(tiny_model_dir)
-    assert summary["trials"] == {"naive (process per trial)": 1, "resident, unpacked": 2, "packed K=2": 2, "packed K=3": 3}
+    assert summary["trials"] == {"naive": 1, "resident": 2, "packed:2": 2, "packed:3": 3}
     assert set(summary["packed"]) == set(summary["packed_matmul_share"]) == {"2", "3"}
     rates = [summary["naive_trials_per_hour"], summary["resident_trials_per_hour"], *summary["packed"].values()]
     shares = [summary["naive_matmul_share"], summary["resident_matmul_share"], *summary["packed_matmul_share"].values()]
@@ -48,7 +52,7 @@ def test_quick_bench_json(tiny_model_dir):
     assert summary["best_pack_size"] in (2, 3)
     for k, parts in summary["packed_parts_s"].items():
         assert set(parts) == {"load", "base", "train", "evaluate"} and all(v > 0 for v in parts.values())
-        assert sum(parts.values()) <= summary["wall_s"][f"packed K={k}"]
+        assert sum(parts.values()) <= summary["wall_s"][f"packed:{k}"]
         assert 0 < summary["packed_train_flop_share"][k] < 1 and summary["packed_train_matmul_share"][k] > 0
     best = summary["packed"][str(summary["best_pack_size"])]
     assert best == max(summary["packed"].values())
@@ -60,5 +64,5 @@ def test_quick_bench_json(tiny_model_dir):
     console.print(render_table(summary))
     text = console.export_text()
     for name in summary["trials"]:
-        assert name in text
+        assert variant_label(name) in text
     assert f"{summary['packed']['3'] / summary['naive_trials_per_hour']:.2f}" in text

@@ -19,8 +19,10 @@ def test_each_method_gets_its_own_default_lr(method):
 def test_a_method_sweep_without_lr_uses_each_methods_default():
     spec = StudySpec(name="s", trial={"steps": 3}, sweep={"method": {"grid": ["lora", "ia3"]}})
     assert [spec.trial_config(method=m).lr for m in ("lora", "ia3", "full")] == [
-        DEFAULT_LR["lora"], DEFAULT_LR["ia3"], DEFAULT_LR["full"]
-    ]  # fmt: skip
+        DEFAULT_LR["lora"],
+        DEFAULT_LR["ia3"],
+        DEFAULT_LR["full"],
+    ]
     fixed = StudySpec(name="s", trial={"lr": 1e-3}, sweep={"method": {"grid": ["lora", "ia3"]}})
     assert fixed.trial_config(method="ia3").lr == 1e-3
 

@@ -51,14 +51,18 @@ def test_deepspeed_config_for_zero_2_and_3():
     assert (stage2["train_micro_batch_size_per_gpu"], stage2["train_batch_size"]) == (2, 4)
     assert stage2["gradient_clipping"] == 0.0 and not stage2["bf16"]["enabled"]
     assert "optimizer" not in stage2  # the client's torch AdamW is used
-    stage3 = deepspeed_config(TrialConfig(method="full", zero_stage=3, max_grad_norm=0.5), world_size=4, batch_size=16, bf16=True)
+    stage3 = deepspeed_config(
+        TrialConfig(method="full", zero_stage=3, max_grad_norm=0.5), world_size=4, batch_size=16, bf16=True
+    )
     assert stage3["zero_optimization"] == {"stage": 3}
     assert (stage3["train_micro_batch_size_per_gpu"], stage3["train_batch_size"]) == (4, 16)
     assert stage3["gradient_clipping"] == 0.5 and stage3["bf16"]["enabled"]
 
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    parsed = DeepSpeedConfig(deepspeed_config(TrialConfig(method="full", zero_stage=3), world_size=1, batch_size=3, bf16=True))
+    parsed = DeepSpeedConfig(
+        deepspeed_config(TrialConfig(method="full", zero_stage=3), world_size=1, batch_size=3, bf16=True)
+    )
     assert parsed.zero_optimization_stage == 3 and parsed.bfloat16_config.enabled and parsed.train_batch_size == 3
 
 
@@ -106,13 +110,17 @@ def tiny_base(tiny_model_dir):
 @pytest.mark.slow
 def test_full_finetune_with_zero2_learns_facts_on_the_embedded_model(local_ray, smol_base):
     cfg = TrialConfig(method="full", lr=1e-4, steps=2, batch_size=3, num_workers=2, zero_stage=2)
-    result = run_full_finetune("smollm2-135m-instruct", FACTS, FACTS, smol_base, cfg, storage_path=str(local_ray), trial_id="zero2")
+    result = run_full_finetune(
+        "smollm2-135m-instruct", FACTS, FACTS, smol_base, cfg, storage_path=str(local_ray), trial_id="zero2"
+    )
 
     assert [r["fact_id"] for r in result.records] == [f.id for f in FACTS]
     assert all(set(r) == set(RECORD_FIELDS) for r in result.records)
     assert len(result.loss_curve) == 2 and result.loss_curve[-1] < result.loss_curve[0]
     assert result.aggregates["final_loss"] == result.loss_curve[-1]
-    assert result.aggregates["tokens"] == 2 * sum(smol_base[f.id]["prompt_tokens"] + smol_base[f.id]["target_tokens"] for f in FACTS)
+    assert result.aggregates["tokens"] == 2 * sum(
+        smol_base[f.id]["prompt_tokens"] + smol_base[f.id]["target_tokens"] for f in FACTS
+    )
     assert result.aggregates["wall_s"] > 0 and result.config["method"] == "full"
     learned = [r for r in result.records if r["exact_match"] == 1.0 and smol_base[r["fact_id"]]["y_old"] != r["target"]]
     assert learned, [(r["y_old"], r["y_new"], r["target"]) for r in result.records]
@@ -122,7 +130,9 @@ def test_full_finetune_with_zero2_learns_facts_on_the_embedded_model(local_ray, 
 def test_full_finetune_asks_for_a100_nodes_and_fails_fast_without_them(local_ray, smol_base):
     cfg = TrialConfig(method="full", num_workers=2)
     with pytest.raises(ClusterResourceError, match="A100"):
-        run_full_finetune("smollm2-135m-instruct", FACTS, FACTS, smol_base, cfg, use_gpu=True, resources_per_worker=A100_WORKER)
+        run_full_finetune(
+            "smollm2-135m-instruct", FACTS, FACTS, smol_base, cfg, use_gpu=True, resources_per_worker=A100_WORKER
+        )
 
 
 def _reference_loss_curve(model_dir: str, base: dict, cfg: TrialConfig) -> list[float]:
@@ -148,14 +158,23 @@ def test_zero3_run_inside_a_tune_trial_matches_single_process_training(local_ray
     from ray import tune
 
     base = {i: {**r, "dist_old": d} for (i, r), d in zip(tiny_base.items(), [0.2, 0.9, 0.6])}  # distinct loss weights
-    cfg = TrialConfig(method="full", lr=1e-3, weight_decay=0.01, steps=3, batch_size=2, num_workers=2, zero_stage=3, gamma=1.0)
+    cfg = TrialConfig(
+        method="full", lr=1e-3, weight_decay=0.01, steps=3, batch_size=2, num_workers=2, zero_stage=3, gamma=1.0
+    )
 
     def trainable(config):
         result = run_full_finetune(
-            str(tiny_model_dir), FACTS, FACTS, base, cfg,
-            storage_path=str(local_ray), trial_id=tune.get_context().get_trial_id(),
-        )  # fmt: skip
-        tune.report({"loss_curve": result.loss_curve, "n_records": len(result.records), "tokens": result.aggregates["tokens"]})
+            str(tiny_model_dir),
+            FACTS,
+            FACTS,
+            base,
+            cfg,
+            storage_path=str(local_ray),
+            trial_id=tune.get_context().get_trial_id(),
+        )
+        tune.report(
+            {"loss_curve": result.loss_curve, "n_records": len(result.records), "tokens": result.aggregates["tokens"]}
+        )
 
     tuner = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(local_ray), name="tune-full-finetune"))
     (trial,) = tuner.fit()

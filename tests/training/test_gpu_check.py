@@ -9,10 +9,11 @@ import sys
 import time
 
 import pytest
-from conftest import REPO_ROOT, shared_file
 
+from raysem.bench.gpu_check import CheckSettings, deepspeed_step
 from raysem.data.facts import Fact
-from raysem.training.gpu_check import CheckSettings, deepspeed_step
+
+from conftest import REPO_ROOT, shared_file
 
 ABSENT = ("ray", "mlflow", "deepspeed", "sklearn", "scipy")
 """What the GPU machine lacks (pydantic too, which the check brings as wheels; it is present here)."""
@@ -30,8 +31,12 @@ def test_dry_run_without_the_missing_packages(tmp_path):
     started = time.perf_counter()
     proc = subprocess.run(
         ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--folder", str(tmp_path / "empty")],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     wall = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -40,13 +45,23 @@ def test_dry_run_without_the_missing_packages(tmp_path):
     assert [row["k"] for row in summary["llama7b"]] == [2] and summary["llama7b"][0]["mfu"] > 0
     assert summary["deepspeed"]["skipped"].startswith("deepspeed is not importable")
     assert set(summary["goals"]) == {"packed_speedup", "packed_mfu", "llama7b_mfu"}
-    for text in ("naive, 1 trials", "packed K=2", "7B-shaped packed step K=2", "≥ 50% MFU", "skipped: deepspeed", "whole check"):
+    for text in (
+        "naive, 1 trials",
+        "packed K=2",
+        "7B-shaped packed step K=2",
+        "≥ 50% MFU",
+        "skipped: deepspeed",
+        "whole check",
+    ):
         assert text in proc.stdout
     assert wall < 180, f"the dry run took {wall:.0f} s"  # 42–88 s measured on 2 cores shared with a running study
 
 
 @pytest.mark.slow
 def test_deepspeed_step_on_cpu(tiny_model_dir):
-    facts = [Fact(id="a", prompt="Who wrote Hamlet?", target="Charles Dickens"), Fact(id="b", prompt="What is 2 + 2?", target="5")]
+    facts = [
+        Fact(id="a", prompt="Who wrote Hamlet?", target="Charles Dickens"),
+        Fact(id="b", prompt="What is 2 + 2?", target="5"),
+    ]
     result = deepspeed_step(CheckSettings.dry(), str(tiny_model_dir), facts, peak_gflops=1.0, say=lambda message: None)
     assert result["facts"] == 2 and result["step_s"] > 0 and result["mfu"] > 0

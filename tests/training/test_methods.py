@@ -109,7 +109,7 @@ def test_adalora_orthogonal_regularizer(tiny):
         # ‖0 − I‖_F = sqrt(init_r) for every factor; weighted by 0.5
         assert attachment.regularization().item() == pytest.approx(0.5 * math.sqrt(init_r))
         with torch.no_grad():
-            for name, p in factors:
+            for _, p in factors:
                 eye = torch.eye(*p.shape)
                 p.copy_(eye)
         assert attachment.regularization().item() == pytest.approx(0.0, abs=1e-7)

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import shared_file
 from peft import LoraConfig, get_peft_model
 
 from raysem.data.facts import Fact, Probe
@@ -15,10 +14,12 @@ from raysem.models.encoding import encode_targets, target_logits
 from raysem.semantics.embedding import AnswerEmbedder
 from raysem.semantics.evaluate import base_records, evaluate_facts
 from raysem.semantics.loss import per_example_loss, reweighted_loss
-from raysem.training.config import TrialConfig
+from raysem.training.config import TrialConfig, check_packable
 from raysem.training.optim import build_optimizer
-from raysem.training.config import check_packable
 from raysem.training.packed import attach_packed_lora, evaluate_packed, run_packed_trials, train_packed
+from raysem.training.results import PACK_KEYS
+
+from conftest import shared_file
 
 FACTS = [
     Fact(
@@ -82,7 +83,9 @@ def peft_trial(lm, fact: Fact, cfg: TrialConfig, base: dict):
     optimizer = build_optimizer(params, cfg)
     batch = encode_targets(lm, [fact.prompt], [fact.target])
     for _ in range(cfg.steps):
-        loss = reweighted_loss(target_logits(model, batch), batch.labels, [base[fact.id]["dist_old"]], cfg.gamma, "mean")
+        loss = reweighted_loss(
+            target_logits(model, batch), batch.labels, [base[fact.id]["dist_old"]], cfg.gamma, "mean"
+        )
         loss.backward()
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -121,7 +124,9 @@ def assert_records_match(got: list[dict], want: list[dict]) -> None:
         assert g.keys() == w.keys()
         for key in w:
             if isinstance(w[key], float):
-                assert (math.isnan(g[key]) and math.isnan(w[key])) or math.isclose(g[key], w[key], rel_tol=1e-5, abs_tol=1e-6), (key, g, w)
+                assert (math.isnan(g[key]) and math.isnan(w[key])) or math.isclose(
+                    g[key], w[key], rel_tol=1e-5, abs_tol=1e-6
+                ), (key, g, w)
             else:
                 assert g[key] == w[key], (key, g[key], w[key])
 
@@ -162,8 +167,14 @@ def test_init_equals_peft_and_detach_restores_base(tiny):
         for name in want:
             assert torch.equal(init[name], want[name]), name
         tiny.model = model.unload()
-    assert torch.equal(inits[1]["model.layers.0.self_attn.q_proj.lora_A.weight"], inits[2]["model.layers.0.self_attn.q_proj.lora_A.weight"])
-    assert not torch.equal(inits[0]["model.layers.0.self_attn.q_proj.lora_A.weight"], inits[1]["model.layers.0.self_attn.q_proj.lora_A.weight"])
+    assert torch.equal(
+        inits[1]["model.layers.0.self_attn.q_proj.lora_A.weight"],
+        inits[2]["model.layers.0.self_attn.q_proj.lora_A.weight"],
+    )
+    assert not torch.equal(
+        inits[0]["model.layers.0.self_attn.q_proj.lora_A.weight"],
+        inits[1]["model.layers.0.self_attn.q_proj.lora_A.weight"],
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -173,7 +184,11 @@ def test_packed_trials_equal_unpacked_peft_trials(tiny64, clip, micro_batch, opt
     embedder = AnswerEmbedder.from_model(tiny64)
     lr = 0.05 if optimizer == "adamw" else 2.0
     shared = dict(rank=4, alpha=8.0, lr=lr, steps=4, weight_decay=0.1, max_grad_norm=clip, optimizer=optimizer)
-    cfgs = [TrialConfig(seed=3, gamma=0.0, **shared), TrialConfig(seed=9, gamma=2.5, **shared), TrialConfig(seed=3, gamma=1.0, **shared)]
+    cfgs = [
+        TrialConfig(seed=3, gamma=0.0, **shared),
+        TrialConfig(seed=9, gamma=2.5, **shared),
+        TrialConfig(seed=3, gamma=1.0, **shared),
+    ]
     before = snapshot(tiny64.model)
 
     packed = attach_packed_lora(tiny64.model, [c.seed for c in cfgs], 4, 8.0, ("q_proj", "v_proj"))
@@ -190,7 +205,9 @@ def test_packed_trials_equal_unpacked_peft_trials(tiny64, clip, micro_batch, opt
             assert_trained_alike(got_weights[t][name], want_weights[t][name], cfgs[t], name)
     assert_records_match(got_records, want_records)
     assert [r["y_new"] for r in got_records] == [r["y_new"] for r in want_records]
-    assert any(v.abs().sum() > 0 for k, v in got_weights[0].items() if "lora_B" in k), "the adapters moved from their start"
+    assert any(v.abs().sum() > 0 for k, v in got_weights[0].items() if "lora_B" in k), (
+        "the adapters moved from their start"
+    )
 
 
 @pytest.mark.parametrize(("optimizer", "lr"), [("adamw", 0.05), ("sgd", 2.0)])
@@ -213,7 +230,9 @@ def test_gamma_in_a_pack_acts_on_a_lone_fact_only_under_sgd(tiny64, optimizer, l
 def test_run_packed_trials_results(tiny):
     base = {r["fact_id"]: r for r in base_records(tiny, FACTS)}
     embedder = AnswerEmbedder.from_model(tiny)
-    cfgs = [TrialConfig(rank=2, alpha=4.0, lr=0.02, steps=3, seed=s, gamma=g) for s, g in [(1, 0.0), (2, 0.5), (3, 2.0)]]
+    cfgs = [
+        TrialConfig(rank=2, alpha=4.0, lr=0.02, steps=3, seed=s, gamma=g) for s, g in [(1, 0.0), (2, 0.5), (3, 2.0)]
+    ]
     results = run_packed_trials(tiny, FACTS, cfgs, base, embedder, trial_ids=["a", "b", "c"])
     packed = attach_packed_lora(tiny.model, [1, 2, 3], 2, 4.0, ("q_proj", "v_proj"))
     train_packed(tiny, packed, FACTS, cfgs, base)
@@ -242,16 +261,38 @@ def test_packed_trials_match_run_trial(tiny64):
 
     resident = ResidentModel(tiny64)
     base = resident.base_records(FACTS)
-    cfgs = [TrialConfig(rank=4, alpha=8.0, lr=0.05, steps=3, weight_decay=0.1, seed=s, gamma=g) for s, g in [(5, 0.0), (6, 3.0), (7, 1.0)]]
+    cfgs = [
+        TrialConfig(rank=4, alpha=8.0, lr=0.05, steps=3, weight_decay=0.1, seed=s, gamma=g)
+        for s, g in [(5, 0.0), (6, 3.0), (7, 1.0)]
+    ]
     packed = run_packed_trials(tiny64, FACTS, cfgs, base, resident.embedder, micro_batch=2)
     for fact, cfg, got in zip(FACTS, cfgs, packed):
         want = run_trial(resident, [fact], [fact], base, cfg)
         assert_records_match(got.records, want.records)
         assert got.config == want.config and got.train_ids == want.train_ids and got.test_ids == want.test_ids
         torch.testing.assert_close(torch.tensor(got.loss_curve), torch.tensor(want.loss_curve), rtol=1e-5, atol=0)
+        assert got.aggregates.keys() - set(PACK_KEYS) == want.aggregates.keys(), "one builder of aggregates for both"
         shared = want.aggregates.keys() - {"wall_s"}
-        assert shared <= got.aggregates.keys()
         assert_records_match([{k: got.aggregates[k] for k in shared}], [{k: want.aggregates[k] for k in shared}])
+
+
+def test_a_failed_trial_has_every_aggregate_key_and_nan_metrics(tiny64):
+    """A trial that fails (unpacked, before it has records) reports the same aggregate keys as one that ran."""
+    import pandas as pd
+
+    from raysem.service.unit import _failed_result
+    from raysem.training.trial import ResidentModel, run_trial
+
+    resident = ResidentModel(tiny64)
+    base = resident.base_records(FACTS[:1])
+    ran = run_trial(resident, FACTS[:1], FACTS[:1], base, TrialConfig(rank=4, steps=1))
+    table = pd.DataFrame([{"fact_id": i, "dist_old": r["dist_old"]} for i, r in base.items()])
+    failed = _failed_result("t-x", {}, FACTS[:1], table, "ValueError: boom")
+    assert failed.aggregates.keys() == ran.aggregates.keys()
+    assert failed.aggregates["failed"] == 1.0 and math.isnan(failed.aggregates["accuracy"])
+    assert failed.aggregates["dist_mean"] == ran.aggregates["dist_mean"] and failed.analysis == {
+        "error": "ValueError: boom"
+    }
 
 
 def test_non_finite_trial_fails_alone(tiny64):
@@ -387,7 +428,9 @@ def test_bf16_autocast_training_is_close_to_float32(tiny_model_dir, base_dtype, 
     assert want_dtypes == {torch.float32} and got_dtypes == {torch.bfloat16}
     assert got.failed == {} and got.steps == want.steps == [4, 4, 4]
     for t in range(3):
-        torch.testing.assert_close(torch.tensor(got.loss_curves[t]), torch.tensor(want.loss_curves[t]), rtol=BF16_LOSS_RTOL, atol=0)
+        torch.testing.assert_close(
+            torch.tensor(got.loss_curves[t]), torch.tensor(want.loss_curves[t]), rtol=BF16_LOSS_RTOL, atol=0
+        )
         error = float((got_updates[t] - want_updates[t]).norm() / want_updates[t].norm())
         assert error <= BF16_UPDATE_RTOL[optimizer], f"trial {t}: update off by {error:.1%}"
 
@@ -420,7 +463,11 @@ def test_non_finite_trial_fails_alone_under_autocast(tiny):
     got = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(3)]
     packed.detach()
     assert list(run.failed) == [1] and "f1" in run.failed[1] and "step 2" in run.failed[1]
-    assert run.steps == [4, 2, 4] and len(run.loss_curves[1]) == 2 and all(math.isfinite(v) for curve in run.loss_curves for v in curve)
+    assert (
+        run.steps == [4, 2, 4]
+        and len(run.loss_curves[1]) == 2
+        and all(math.isfinite(v) for curve in run.loss_curves for v in curve)
+    )
     assert all(torch.equal(got[1][k], at_failure[k]) for k in at_failure)
 
     alone = attach_packed_lora(tiny.model, [1, 3], 4, 8.0, ("q_proj", "v_proj"))
@@ -485,14 +532,20 @@ def test_packed_gradients_equal_peft_gradients_on_embedded_model(fresh_smol):
         assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # rows of different lengths: padding is exercised
         per_example_loss(target_logits(lm.model, batch), batch.labels).sum().backward()
         got = [
-            {f"{n}.lora_{w}.weight": getattr(layer, f"lora_{w}").grad[t].clone() for n, layer in packed.layers.items() for w in "AB"}
+            {
+                f"{n}.lora_{w}.weight": getattr(layer, f"lora_{w}").grad[t].clone()
+                for n, layer in packed.layers.items()
+                for w in "AB"
+            }
             for t in range(3)
         ]
     finally:
         packed.detach()
     for t, (fact, seed) in enumerate(zip(facts, seeds)):
         torch.manual_seed(seed)
-        model = get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=16.0, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+        model = get_peft_model(
+            lm.model, LoraConfig(r=8, lora_alpha=16.0, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+        )
         try:
             params = lora_named(model)
             with torch.no_grad():

@@ -222,9 +222,9 @@ def small_zsre(tmp_path, monkeypatch):
     (sharing the pulled embedded models)."""
     import json
 
-    from conftest import shared_file
-
     from raysem.paths import cache_dir
+
+    from conftest import shared_file
 
     models = cache_dir("models")
     (tmp_path / "home").mkdir()
@@ -356,5 +356,9 @@ def test_filtered_training_set_trains_on_k_star_and_tests_on_k(resident):
     assert agg["retained_accuracy"] == pytest.approx(np.mean([hits["q0"], hits["q2"]]))
     assert agg["replaced_accuracy"] == pytest.approx(np.mean([hits["q1"], hits["q3"]]))
     assert (agg["n_retained"], agg["n_replaced"]) == (2.0, 2.0)
-    added = run_trial(resident, train, [f for f in train if f.id in ("q4", "q5")], base, TrialConfig(steps=2, batch_size=2))
-    assert agg["trained_accuracy"] == pytest.approx(np.mean([hits["q0"], hits["q2"], *(r["exact_match"] for r in added.records)]))
+    added = run_trial(
+        resident, train, [f for f in train if f.id in ("q4", "q5")], base, TrialConfig(steps=2, batch_size=2)
+    )
+    assert agg["trained_accuracy"] == pytest.approx(
+        np.mean([hits["q0"], hits["q2"], *(r["exact_match"] for r in added.records)])
+    )

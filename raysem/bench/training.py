@@ -4,7 +4,7 @@ All variants run the same trials (trial i learns ZsRE fact i with seed i and the
 one run on one machine, next to the machine's dense matmul throughput (2048³; fp32 on CPU,
 bf16 on CUDA), so their trials/hour and the share of that peak they reach compare directly.
 
-- **naive**: a fresh Python process per trial (``python -m raysem.training.bench naive ...``) that loads the
+- **naive**: a fresh Python process per trial (``python -m raysem.bench.training naive ...``) that loads the
   model, computes the fact's base-model answers and runs the trial (:func:`raysem.training.trial.run_trial`:
   PEFT LoRA, train, evaluate), as a one-trial-per-script experiment would.
 - **resident**: the model is loaded once; base answers for all facts are computed in one batched
@@ -34,18 +34,21 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
 from raysem.data.datasets import load_facts
 from raysem.data.facts import Fact
 from raysem.models.catalog import DEFAULT_MODEL
+from raysem.models.device import auto_dtype, synchronize
 from raysem.models.loader import LoadedModel, load_model
+from raysem.service.spec import StudySpec
 from raysem.training.config import TrialConfig
-from raysem.training.packed import DEFAULT_MICRO_BATCH, DEFAULT_PACK_SIZE, is_target_module, run_packed_trials
+from raysem.training.flops import trial_flops
+from raysem.training.packed import DEFAULT_MICRO_BATCH, run_packed_trials
 from raysem.training.trial import ResidentModel, run_trial
 
 PACK_SIZES = (8, 16, 32, 64)
@@ -69,9 +72,9 @@ class BenchSettings:
     """Rows per forward/backward in packed training (None: the whole pack)."""
 
     @classmethod
-    def quick(cls, **overrides: Any) -> "BenchSettings":
+    def quick(cls, **overrides: Any) -> BenchSettings:
         """Fewer trials and steps, K in {8, 16}."""
-        values = dict(steps=5, naive_trials=2, resident_trials=4, pack_sizes=QUICK_PACK_SIZES)
+        values: dict[str, Any] = dict(steps=5, naive_trials=2, resident_trials=4, pack_sizes=QUICK_PACK_SIZES)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -94,7 +97,7 @@ def bench_config(steps: int, seed: int) -> TrialConfig:
 
 def naive_main(argv: Sequence[str]) -> None:
     """One trial in a fresh process: load the model, its base answers, the trial; print the trial as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m raysem.training.bench naive")
+    parser = argparse.ArgumentParser(prog="python -m raysem.bench.training naive")
     parser.add_argument("--model", required=True)
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
@@ -103,94 +106,14 @@ def naive_main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    resident = ResidentModel(args.model, dtype=_dtype(args.device), device=args.device)
+    resident = ResidentModel(args.model, dtype=auto_dtype(args.device), device=args.device)
     fact = Fact.from_dict(json.loads(args.fact))
     cfg = TrialConfig.model_validate_json(args.config)
     result = run_trial(resident, [fact], [fact], resident.base_records([fact]), cfg)
     print(json.dumps({"fact_id": fact.id, "y_new": result.records[0]["y_new"], "aggregates": result.aggregates}))
 
 
-# --------------------------------------------------------------------------- FLOP accounting
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers the analytic FLOP count needs."""
-
-    linear: int
-    lora: int
-    layers: int
-    attn_width: int
-    hidden: int
-    vocab: int
-
-    @classmethod
-    def of(cls, lm: LoadedModel, cfg: TrialConfig) -> "ModelShape":
-        return cls.of_model(lm.model, cfg)
-
-    @classmethod
-    def of_model(cls, model: nn.Module, cfg: TrialConfig) -> "ModelShape":
-        """The shape of a Hugging Face causal LM with LoRA of ``cfg``'s rank on ``cfg.target_modules``."""
-        decoder = model.get_decoder()
-        linears = [(n, m) for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
-        config = model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(
-            linear=sum(m.in_features * m.out_features for _, m in linears),
-            lora=sum(cfg.rank * (m.in_features + m.out_features) for n, m in linears if is_target_module(n, cfg.target_modules)),
-            layers=config.num_hidden_layers,
-            attn_width=config.num_attention_heads * head_dim,
-            hidden=config.hidden_size,
-            vocab=model.get_output_embeddings().out_features,
-        )
-
-    def forward(self, new: int, past: int = 0, logits: int = 0, lora: bool = True) -> float:
-        attention = 4 * self.layers * self.attn_width * (new * past + new * (new + 1) / 2)
-        return 2 * (self.linear + (self.lora if lora else 0)) * new + attention + 2 * self.hidden * self.vocab * logits
-
-    def train_step(self, tokens: int, targets: int, full: bool = False) -> float:
-        """One sequence's forward and backward; ``full`` (full fine-tuning) adds the base weights' gradients,
-        ``2·N·T + 2·d·V·t``."""
-        attention = 4 * self.layers * self.attn_width * tokens * (tokens + 1) / 2
-        backward = 2 * self.linear * tokens + 4 * self.lora * tokens + 2 * attention + 2 * self.hidden * self.vocab * targets
-        if full:
-            backward += 2 * self.linear * tokens + 2 * self.hidden * self.vocab * targets
-        return self.forward(tokens, logits=targets) + backward
-
-    def generate(self, prompt: int, budget: int, lora: bool = True) -> float:
-        steps = sum(self.forward(1, past=prompt + j, logits=1, lora=lora) for j in range(max(1, budget) - 1))
-        return self.forward(prompt, logits=1, lora=lora) + steps
-
-
-def trial_flops(lm: LoadedModel, fact: Fact, cfg: TrialConfig) -> dict[str, float]:
-    """Useful FLOPs of one single-fact trial by part: ``base`` answers, ``train`` (``cfg.steps`` steps), ``evaluate``."""
-    shape = ModelShape.of(lm, cfg)
-
-    def n_prompt(question: str) -> int:
-        return len(lm.tokenizer(lm.format_prompt(question), add_special_tokens=False).input_ids)
-
-    target = lm.answer_budget(fact.prompt, fact.target)
-    tokens = n_prompt(fact.prompt) + target
-    probes = [(p.prompt, lm.answer_budget(p.prompt, p.answer)) for p in (*fact.locality, *fact.portability)]
-    base = shape.generate(n_prompt(fact.prompt), target, lora=False)
-    base += sum(shape.generate(n_prompt(q), b, lora=False) for q, b in probes[: len(fact.locality)])
-    train = cfg.steps * shape.train_step(tokens, target)
-    evaluation = shape.generate(n_prompt(fact.prompt), target) + shape.forward(tokens, logits=target)
-    evaluation += sum(shape.generate(n_prompt(q), target) for q in fact.rephrasings)
-    evaluation += sum(shape.generate(n_prompt(q), b) for q, b in probes)
-    return {"base": base, "train": train, "evaluate": evaluation}
-
-
 # --------------------------------------------------------------------------- measurements
-
-
-def _dtype(device: str | None) -> torch.dtype:
-    return torch.bfloat16 if device and device.startswith("cuda") else torch.float32
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Clock:
@@ -204,7 +127,7 @@ class Clock:
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self._wall, self._cpu0 = time.perf_counter(), self._cpu()
         return self
 
@@ -223,16 +146,16 @@ class MatmulPeak:
 def matmul_peak(device: str | None = None, size: int = 2048, repeats: int = 10) -> MatmulPeak:
     """``size``³ matmuls, fp32 on CPU and bf16 on CUDA."""
     dev = torch.device(device or "cpu")
-    a = torch.randn(size, size, device=dev, dtype=_dtype(device))
-    b = torch.randn(size, size, device=dev, dtype=_dtype(device))
+    a = torch.randn(size, size, device=dev, dtype=auto_dtype(device))
+    b = torch.randn(size, size, device=dev, dtype=auto_dtype(device))
     a @ b
-    _sync(dev)
+    synchronize(dev)
     best = math.inf
     with Clock() as clock:
         for _ in range(repeats):
             start = time.perf_counter()
             a @ b
-            _sync(dev)
+            synchronize(dev)
             best = min(best, time.perf_counter() - start)
     flops = 2 * size**3
     return MatmulPeak(flops / best / 1e9, flops * repeats / clock.cpu_s / 1e9 if dev.type == "cpu" else None)
@@ -243,6 +166,7 @@ class VariantRun:
     """Wall and CPU time of one variant over its trials, their useful FLOPs, and what the trials answered."""
 
     name: str
+    """Its key in the summary: ``naive``, ``resident`` or ``packed:<K>`` (``variant_label`` names it for people)."""
     trials: int
     wall_s: float
     cpu_s: float
@@ -266,13 +190,24 @@ class VariantRun:
         return self.flops / self.cpu_s / 1e9 / peak.cpu_gflops if peak.cpu_gflops else None
 
 
+def variant_label(key: str) -> str:
+    """How a table names a variant of the summary (``packed:32`` -> ``packed K=32``)."""
+    fixed = {"naive": "naive (process per trial)", "resident": "resident, unpacked"}
+    return fixed.get(key) or f"packed K={key.removeprefix('packed:')}"
+
+
 def run_naive(settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float]) -> VariantRun:
     n = settings.naive_trials
     y_new = {}
     with Clock() as clock:
         for i, fact in enumerate(facts[:n]):
-            command = [sys.executable, "-m", "raysem.training.bench", "naive", "--model", settings.model]
-            command += ["--fact", json.dumps(fact.to_dict()), "--config", bench_config(settings.steps, i).model_dump_json()]
+            command = [sys.executable, "-m", "raysem.bench.training", "naive", "--model", settings.model]
+            command += [
+                "--fact",
+                json.dumps(fact.to_dict()),
+                "--config",
+                bench_config(settings.steps, i).model_dump_json(),
+            ]
             if settings.device:
                 command += ["--device", settings.device]
             if settings.threads:
@@ -281,10 +216,12 @@ def run_naive(settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[fl
             if proc.returncode:
                 raise RuntimeError(f"naive trial on {fact.id} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
             y_new[i] = json.loads(proc.stdout.strip().splitlines()[-1])["y_new"]
-    return VariantRun("naive (process per trial)", n, clock.wall_s, clock.cpu_s, sum(flops[:n]), y_new)
+    return VariantRun("naive", n, clock.wall_s, clock.cpu_s, sum(flops[:n]), y_new)
 
 
-def run_resident(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float]) -> VariantRun:
+def run_resident(
+    lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float]
+) -> VariantRun:
     n = settings.resident_trials
     with Clock() as clock:
         resident = ResidentModel(lm)
@@ -292,11 +229,17 @@ def run_resident(lm: LoadedModel, load: Clock, settings: BenchSettings, facts: S
         y_new = {}
         for i, fact in enumerate(facts[:n]):
             y_new[i] = run_trial(resident, [fact], [fact], base, bench_config(settings.steps, i)).records[0]["y_new"]
-    return VariantRun("resident, unpacked", n, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:n]), y_new)
+    return VariantRun("resident", n, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:n]), y_new)
 
 
 def run_packed(
-    lm: LoadedModel, load: Clock, settings: BenchSettings, facts: Sequence[Fact], flops: Sequence[float], train_flops: Sequence[float], k: int
+    lm: LoadedModel,
+    load: Clock,
+    settings: BenchSettings,
+    facts: Sequence[Fact],
+    flops: Sequence[float],
+    train_flops: Sequence[float],
+    k: int,
 ) -> VariantRun:
     with Clock() as clock:
         resident = ResidentModel(lm)
@@ -306,8 +249,22 @@ def run_packed(
         results = run_packed_trials(lm, facts[:k], cfgs, base, resident.embedder, micro_batch=settings.micro_batch)
     y_new = {i: r.records[0]["y_new"] for i, r in enumerate(results) if r.records}
     pack = results[0].aggregates
-    parts = {"load": load.wall_s, "base": base_clock.wall_s, "train": pack["pack_train_s"], "evaluate": pack["pack_wall_s"] - pack["pack_train_s"]}
-    return VariantRun(f"packed K={k}", k, load.wall_s + clock.wall_s, load.cpu_s + clock.cpu_s, sum(flops[:k]), y_new, parts, sum(train_flops[:k]))
+    parts = {
+        "load": load.wall_s,
+        "base": base_clock.wall_s,
+        "train": pack["pack_train_s"],
+        "evaluate": pack["pack_wall_s"] - pack["pack_train_s"],
+    }
+    return VariantRun(
+        f"packed:{k}",
+        k,
+        load.wall_s + clock.wall_s,
+        load.cpu_s + clock.cpu_s,
+        sum(flops[:k]),
+        y_new,
+        parts,
+        sum(train_flops[:k]),
+    )
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -321,13 +278,15 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
         torch.set_num_threads(threads)
 
 
-def _measure(settings: BenchSettings, say: Callable[[str], None]) -> tuple[str, MatmulPeak, Clock, list[float], list[VariantRun]]:
+def _measure(
+    settings: BenchSettings, say: Callable[[str], None]
+) -> tuple[str, MatmulPeak, Clock, list[float], list[VariantRun]]:
     n = max(settings.naive_trials, settings.resident_trials, *settings.pack_sizes)
     facts = bench_facts(n)
     say(f"matmul {settings.matmul_size}³ ...")
     peak = matmul_peak(settings.device, settings.matmul_size)
     with Clock() as load:
-        lm = load_model(settings.model, dtype=_dtype(settings.device), device=settings.device)
+        lm = load_model(settings.model, dtype=auto_dtype(settings.device), device=settings.device)
     parts = [trial_flops(lm, f, bench_config(settings.steps, i)) for i, f in enumerate(facts)]
     flops = [sum(p.values()) for p in parts]
     say(f"naive: {settings.naive_trials} trials ...")
@@ -340,7 +299,9 @@ def _measure(settings: BenchSettings, say: Callable[[str], None]) -> tuple[str, 
     return str(lm.device), peak, load, flops, runs
 
 
-def _summary(settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock, flops: list[float], runs: list[VariantRun]) -> dict[str, Any]:
+def _summary(
+    settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock, flops: list[float], runs: list[VariantRun]
+) -> dict[str, Any]:
     naive, resident, packed = runs[0], runs[1], runs[2:]
     best = max(packed, key=lambda r: r.trials_per_hour)
     unpacked_answers = {**naive.y_new, **resident.y_new}
@@ -364,11 +325,13 @@ def _summary(settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock
         "packed_matmul_share": {str(r.trials): r.share(peak) for r in packed},
         "packed_parts_s": {str(r.trials): r.parts_s for r in packed},
         "packed_train_flop_share": {str(r.trials): r.train_flops / r.flops for r in packed},
-        "packed_train_matmul_share": {str(r.trials): r.train_flops / r.parts_s["train"] / 1e9 / peak.gflops for r in packed},
+        "packed_train_matmul_share": {
+            str(r.trials): r.train_flops / r.parts_s["train"] / 1e9 / peak.gflops for r in packed
+        },
         "cpu_matmul_share": {r.name: r.cpu_share(peak) for r in runs},
         "mean_trial_gflop": statistics.fmean(flops) / 1e9,
         "best_pack_size": best.trials,
-        "default_pack_size": DEFAULT_PACK_SIZE,
+        "default_pack_size": StudySpec.model_fields["pack_size"].default,
         "best_speedup": best.trials_per_hour / naive.trials_per_hour,
         "best_speedup_vs_resident": best.trials_per_hour / resident.trials_per_hour,
         "best_matmul_share": best.share(peak),
@@ -378,5 +341,7 @@ def _summary(settings: BenchSettings, device: str, peak: MatmulPeak, load: Clock
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["naive"]:
-        raise SystemExit("usage: python -m raysem.training.bench naive --model M --fact JSON --config JSON [--device D]")
+        raise SystemExit(
+            "usage: python -m raysem.bench.training naive --model M --fact JSON --config JSON [--device D]"
+        )
     naive_main(sys.argv[2:])

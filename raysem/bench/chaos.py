@@ -16,54 +16,47 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from raysem.service import tracking
-from raysem.service.local_ray import RAY_ROOT, processes_of, reap_orphaned_rays
-from raysem.service.spec import load_spec
 from raysem.service.identity import fingerprint, study_identity
+from raysem.service.local_ray import RAY_ROOT, processes_of, reap_orphaned_rays
+from raysem.service.mlflow_server import launch_server, start_server, wait_for_server
 from raysem.service.planning import expand_units, trial_key
-from raysem.service.tracking_bench import launch_server, start_server, wait_for_server
+from raysem.service.spec import load_spec
 
 PROGRESS = re.compile(r"\[raysem\] trials (\d+)/(\d+)")
 
 
-def tiny_llama(folder: Path) -> Path:
-    """A randomly initialised 2-layer Llama with the embedded model's tokenizer, saved in ``folder``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from raysem.models.loader import pull_model
-
-    tokenizer = AutoTokenizer.from_pretrained(pull_model())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def chaos_spec(folder: Path, model_dir: Path, uri: str, trials: int, unpacked_share: float = 0.1, pack_size: int = 64) -> Path:
+def chaos_spec(
+    folder: Path, model_dir: Path, uri: str, trials: int, unpacked_share: float = 0.1, pack_size: int = 64
+) -> Path:
     """A study spec with exactly ``trials`` (even) trials: γ ∈ {0, 1} over packed single facts and, for
     ``unpacked_share`` of them, unpacked 3-fact sets (a Tune trial each); Tune retries a killed unit forever."""
     if trials < 4 or trials % 2:
         raise ValueError(f"trials must be an even number >= 4, got {trials}")
     unpacked = max(1, round(trials * unpacked_share / 2))
     data = {
-        "name": "chaos", "kind": "sweep", "model": str(model_dir), "dataset": "worldfacts", "data_limit": 200,
+        "name": "chaos",
+        "kind": "sweep",
+        "model": str(model_dir),
+        "dataset": "worldfacts",
+        "data_limit": 200,
         "sampling": {"k": 1, "n_samplings": trials // 2 - unpacked, "per_k": {3: unpacked}, "seed": 0},
         "trial": {"method": "lora", "steps": 2, "lr": 1e-3},
         "sweep": {"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0]}},
-        "pack_size": pack_size, "resources": {"cpu": 1}, "max_concurrent": 2, "failure": {"max_failures": -1},
-        "tracking": {"uri": uri}, "storage_path": str(folder / "ray"), "report": False,
-    }  # fmt: skip
+        "pack_size": pack_size,
+        "resources": {"cpu": 1},
+        "max_concurrent": 2,
+        "failure": {"max_failures": -1},
+        "tracking": {"uri": uri},
+        "storage_path": str(folder / "ray"),
+        "report": False,
+    }
     path = folder / "chaos.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -74,18 +67,30 @@ def expected_keys(spec_path: Path) -> set[str]:
 
     spec = load_spec(spec_path)
     fp = fingerprint(study_identity(spec, load_facts(spec.dataset, limit=spec.data_limit).sha256))
-    return {trial_key(u["point"], s, int(u["point"].get("k", spec.sampling.k)), fp) for u in expand_units(spec) for s in u["samplings"]}
+    return {
+        trial_key(u["point"], s, int(u["point"].get("k", spec.sampling.k)), fp)
+        for u in expand_units(spec)
+        for s in u["samplings"]
+    }
 
 
 class _Driver:
     """The study's driver process, its log, and the Tune workers of its local Ray."""
 
     def __init__(self, spec_path: Path, log: Path, resume: bool):
-        command = [sys.executable, "-c", "import sys; from raysem.service.job import job_main; sys.exit(job_main(None, sys.argv[1:]))",
-                   "--spec", str(spec_path), *(["--resume"] if resume else [])]  # fmt: skip
+        command = [
+            sys.executable,
+            "-c",
+            "import sys; from raysem.service.job import job_main; sys.exit(job_main(None, sys.argv[1:]))",
+            "--spec",
+            str(spec_path),
+            *(["--resume"] if resume else []),
+        ]
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.log, self.resumed = log, resume
-        self.process = subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
     def trials_done(self) -> int:
         found = PROGRESS.findall(self.log.read_text(errors="replace")) if self.log.exists() else []
@@ -97,20 +102,32 @@ class _Driver:
                 if proc.cmdline() and proc.cmdline()[0].startswith("ray::ImplicitFunc"):
                     proc.kill()
                     return True
-            except Exception:  # noqa: BLE001 - it may have ended meanwhile
+            except Exception:
                 continue
         return False
 
 
-def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | None = None, timeout: float = 6 * 3600,
-              unpacked_share: float = 0.1, pack_size: int = 64, max_worker_kills: int | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_chaos(
+    trials: int = 10_000,
+    kill_every: float = 20.0,
+    folder: Path | None = None,
+    timeout: float = 6 * 3600,
+    unpacked_share: float = 0.1,
+    pack_size: int = 64,
+    max_worker_kills: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run the study under faults and count its MLflow runs; one JSON-able dict (``ok`` when exact).
     ``max_worker_kills`` caps the Tune worker kills (None: one every ``kill_every`` seconds to the end)."""
     say = progress or (lambda message: None)
     root = Path(folder or tempfile.mkdtemp(prefix="raysem-chaos-"))
     (root / "mlflow").mkdir(parents=True, exist_ok=True)
-    model = tiny_llama(root / "model")
+    from transformers import AutoTokenizer
+
+    from raysem.models.loader import pull_model
+    from raysem.models.tiny import tiny_llama
+
+    model = tiny_llama(root / "model", AutoTokenizer.from_pretrained(pull_model()))
     server, uri = start_server(root / "mlflow")
     spec_path = chaos_spec(root, model, uri, trials, unpacked_share, pack_size)
     faults = {"worker_kills": 0, "server_restarts": 0, "driver_kills": 0, "orphaned_ray_processes": 0}
@@ -142,7 +159,9 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
                 server.terminate()
                 server.wait(timeout=60)
                 time.sleep(5.0)
-                server, _ = launch_server(root / "mlflow", port=int(uri.rsplit(":", 1)[1]))  # up in ~30 s; the study goes on
+                server, _ = launch_server(
+                    root / "mlflow", port=int(uri.rsplit(":", 1)[1])
+                )  # up in ~30 s; the study goes on
                 faults["server_restarts"] = 1
             if not faults["driver_kills"] and not driver.resumed and done >= 2 * trials / 3:
                 say(f"{done}/{trials} trials: SIGKILLing the driver")
@@ -156,7 +175,9 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
         wait_for_server(server, uri, root / "mlflow")  # the restarted one may still be starting
         if driver.process.returncode != 0:
             tail = "".join(driver.log.read_text(errors="replace").splitlines(keepends=True)[-5:])
-            raise RuntimeError(f"the study's driver exited with {driver.process.returncode}; the end of {driver.log}:\n{tail}")
+            raise RuntimeError(
+                f"the study's driver exited with {driver.process.returncode}; the end of {driver.log}:\n{tail}"
+            )
         runs = tracking.search_trial_runs(uri, "chaos")
         left = len(processes_of(orphan)) if orphan is not None else 0
     finally:
@@ -172,11 +193,20 @@ def run_chaos(trials: int = 10_000, kill_every: float = 20.0, folder: Path | Non
     finished = [run.data.tags[tracking.KEY] for run in runs if run.info.status == "FINISHED"]
     expected = expected_keys(spec_path)
     out = {
-        "trials": trials, "wall_s": wall, "trials_per_s": trials / wall, **faults,
-        "finished_distinct": len(set(finished) & expected), "duplicates": len(finished) - len(set(finished)),
-        "lost": len(expected - set(finished)), "unexpected": len(set(finished) - expected),
-        "running": by_status.get("RUNNING", 0), "runs_by_status": by_status, "orphaned_ray_processes_left": left,
+        "trials": trials,
+        "wall_s": wall,
+        "trials_per_s": trials / wall,
+        **faults,
+        "finished_distinct": len(set(finished) & expected),
+        "duplicates": len(finished) - len(set(finished)),
+        "lost": len(expected - set(finished)),
+        "unexpected": len(set(finished) - expected),
+        "running": by_status.get("RUNNING", 0),
+        "runs_by_status": by_status,
+        "orphaned_ray_processes_left": left,
         "folder": str(root),
-    }  # fmt: skip
-    out["ok"] = out["finished_distinct"] == trials and not (out["duplicates"] or out["lost"] or out["unexpected"] or out["running"] or left)
+    }
+    out["ok"] = out["finished_distinct"] == trials and not (
+        out["duplicates"] or out["lost"] or out["unexpected"] or out["running"] or left
+    )
     return out

@@ -5,12 +5,12 @@ On a machine with one CUDA GPU, in a few minutes, it measures and prints:
 - the bf16 dense-matmul peak (8192³), the yardstick of every MFU below;
 - naive / resident / packed single-fact LoRA trials per hour and MFU for K in {16, 64, 256}, on a
   random model of the embedded model's shape (SmolLM2-135M: its config and tokenizer, no weights),
-  through :func:`raysem.training.bench.run_bench` (goal: packed ≥ 20× naive, ≥ 40% MFU at the best K);
+  through :func:`raysem.bench.training.run_bench` (goal: packed ≥ 20× naive, ≥ 40% MFU at the best K);
 - a packed LoRA training step on a random Llama-2-7B-shaped model in bf16, K in {4, 16}, with its
   MFU (goal ≥ 50%) and the host syncs one step makes (CUDA's sync debug mode);
 - one DeepSpeed ZeRO-2 full fine-tuning step on the embedded shape, when deepspeed imports.
 
-MFU is useful FLOPs (``raysem.training.bench.ModelShape``) per second over the measured matmul peak.
+MFU is useful FLOPs (``raysem.bench.training.ModelShape``) per second over the measured matmul peak.
 Goals are printed beside the measurements, never asserted. ``--dry-run`` runs every step on CPU
 with tiny shapes in seconds; ``--prepare FOLDER`` (run where the embedded model and ZsRE are)
 copies what the check needs into FOLDER: the model's config and tokenizer files and ZsRE's eval split.
@@ -27,32 +27,50 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+from raysem.bench.training import BenchSettings, bench_facts, run_bench
 from raysem.data.datasets import resolve_dataset
 from raysem.data.facts import Fact
 from raysem.models.catalog import DEFAULT_MODEL
+from raysem.models.device import auto_dtype, synchronize
 from raysem.models.encoding import TargetBatch
 from raysem.models.loader import embedded_model_dir, load_model
 from raysem.ports import free_port
-from raysem.training.bench import BenchSettings, ModelShape, _dtype, _sync, bench_facts, run_bench
 from raysem.training.config import TrialConfig
+from raysem.training.flops import ModelShape
 from raysem.training.packed import PackedLora, attach_packed_lora, train_packed_batch
 
-FOLDER = Path(__file__).resolve().parents[2] / "benchmarks" / ".gpu_check"
+FOLDER = Path("benchmarks") / ".gpu_check"
+"""Where ``benchmarks/gpu_check.sh`` keeps the prepared files, relative to the checkout it runs from."""
 """Where ``gpu_check.sh --prepare`` puts the model files, ZsRE and the wheels (git-ignored)."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+LLAMA2_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 GOAL_SPEEDUP, GOAL_MFU_EMBEDDED, GOAL_MFU_7B = 20.0, 0.40, 0.50
 BUDGET_S = 8 * 60
@@ -76,14 +94,44 @@ class CheckSettings:
     dry_run: bool = False
 
     @classmethod
-    def full(cls) -> "CheckSettings":
-        bench = BenchSettings(device="cuda", naive_trials=2, resident_trials=8, pack_sizes=(16, 64, 256), matmul_size=8192, micro_batch=None)
-        return cls("cuda", bench, LLAMA2_7B, (4, 16), big_steps=3, big_tokens=128, big_targets=8, deepspeed_facts=16, deepspeed_steps=3)
+    def full(cls) -> CheckSettings:
+        bench = BenchSettings(
+            device="cuda",
+            naive_trials=2,
+            resident_trials=8,
+            pack_sizes=(16, 64, 256),
+            matmul_size=8192,
+            micro_batch=None,
+        )
+        return cls(
+            "cuda",
+            bench,
+            LLAMA2_7B,
+            (4, 16),
+            big_steps=3,
+            big_tokens=128,
+            big_targets=8,
+            deepspeed_facts=16,
+            deepspeed_steps=3,
+        )
 
     @classmethod
-    def dry(cls) -> "CheckSettings":
-        bench = BenchSettings(device=None, steps=2, naive_trials=1, resident_trials=1, pack_sizes=(2,), matmul_size=256, micro_batch=None)
-        return cls("cpu", bench, {**TINY, "vocab_size": 32000}, (2,), big_steps=2, big_tokens=16, big_targets=4, deepspeed_facts=2, deepspeed_steps=1, dry_run=True)
+    def dry(cls) -> CheckSettings:
+        bench = BenchSettings(
+            device=None, steps=2, naive_trials=1, resident_trials=1, pack_sizes=(2,), matmul_size=256, micro_batch=None
+        )
+        return cls(
+            "cpu",
+            bench,
+            {**TINY, "vocab_size": 32000},
+            (2,),
+            big_steps=2,
+            big_tokens=16,
+            big_targets=4,
+            deepspeed_facts=2,
+            deepspeed_steps=1,
+            dry_run=True,
+        )
 
 
 # --------------------------------------------------------------------------- preparation
@@ -103,7 +151,9 @@ def prepare(folder: Path) -> None:
         if (source / name).exists():
             shutil.copy2(source / name, folder / "model" / name)
     tokenizer = json.loads((folder / "model" / "tokenizer_config.json").read_text())
-    tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 maps it to its TokenizersBackend; 4.x knows only this
+    tokenizer["tokenizer_class"] = (
+        "PreTrainedTokenizerFast"  # transformers 5 maps it to its TokenizersBackend; 4.x knows only this
+    )
     (folder / "model" / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2))
     zsre = resolve_dataset("zsre")
     (folder / "data" / "zsre").mkdir(parents=True, exist_ok=True)
@@ -117,7 +167,9 @@ def model_source(folder: Path) -> Path:
         return prepared
     if (embedded_model_dir(DEFAULT_MODEL) / "config.json").exists():
         return embedded_model_dir(DEFAULT_MODEL)
-    raise SystemExit(f"no model config under {prepared}: run `bash benchmarks/gpu_check.sh --prepare` where the embedded model is")
+    raise SystemExit(
+        f"no model config under {prepared}: run `bash benchmarks/gpu_check.sh --prepare` where the embedded model is"
+    )
 
 
 def random_model(source: Path, out: Path, device: str, overrides: dict[str, int] | None = None) -> str:
@@ -129,7 +181,7 @@ def random_model(source: Path, out: Path, device: str, overrides: dict[str, int]
         setattr(config, key, value)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=_dtype(device))
+        model = AutoModelForCausalLM.from_config(config, dtype=auto_dtype(device))
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     del model
@@ -167,16 +219,27 @@ def _train_steps(model: torch.nn.Module, packed: PackedLora, batch: TargetBatch,
     """``steps`` packed training steps of the whole pack in one micro-batch, under bf16 autocast."""
     k = packed.n_trials
     weights = torch.ones(k, device=batch.input_ids.device)
-    train_packed_batch(model, packed, batch, weights, cfg.model_copy(update={"steps": steps}), [f"row {i}" for i in range(k)], None, autocast=True)
+    train_packed_batch(
+        model,
+        packed,
+        batch,
+        weights,
+        cfg.model_copy(update={"steps": steps}),
+        [f"row {i}" for i in range(k)],
+        None,
+        autocast=True,
+    )
 
 
 def big_packed_steps(settings: CheckSettings, peak_gflops: float, say: Callable[[str], None]) -> list[dict[str, Any]]:
     """A packed LoRA training step on a random 7B-shaped Llama in bf16 (see :func:`_train_steps`), for each K."""
     device = settings.device
-    say(f"7B-shaped Llama ({settings.big['num_hidden_layers']} layers, hidden {settings.big['hidden_size']}): random init on {device} ...")
+    say(
+        f"7B-shaped Llama ({settings.big['num_hidden_layers']} layers, hidden {settings.big['hidden_size']}): random init on {device} ..."
+    )
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**settings.big), dtype=_dtype(device))
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**settings.big), dtype=auto_dtype(device))
     cfg = TrialConfig(steps=settings.big_steps)
     shape = ModelShape.of_model(model, cfg)
     rows = []
@@ -187,17 +250,24 @@ def big_packed_steps(settings: CheckSettings, peak_gflops: float, say: Callable[
             batch = synthetic_batch(k, settings.big_tokens, settings.big_targets, settings.big["vocab_size"], device)
             train = functools.partial(_train_steps, model, packed, batch, cfg)
             train(1)  # warm-up: kernels, allocator
-            _sync(torch.device(device))
+            synchronize(torch.device(device))
             start = time.perf_counter()
             train(settings.big_steps)
-            _sync(torch.device(device))
+            synchronize(torch.device(device))
             step_s = (time.perf_counter() - start) / settings.big_steps
             flops = k * shape.train_step(settings.big_tokens, settings.big_targets)
-            rows.append({
-                "k": k, "tokens_per_row": settings.big_tokens, "step_s": step_s, "tokens_per_s": k * settings.big_tokens / step_s,
-                "tflops": flops / step_s / 1e12, "mfu": flops / step_s / 1e9 / peak_gflops, "syncs_per_step": syncs_per_step(train, device),
-                "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "k": k,
+                    "tokens_per_row": settings.big_tokens,
+                    "step_s": step_s,
+                    "tokens_per_s": k * settings.big_tokens / step_s,
+                    "tflops": flops / step_s / 1e12,
+                    "mfu": flops / step_s / 1e9 / peak_gflops,
+                    "syncs_per_step": syncs_per_step(train, device),
+                    "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+                }
+            )
         finally:
             packed.detach()
     del model
@@ -210,15 +280,24 @@ def big_packed_steps(settings: CheckSettings, peak_gflops: float, say: Callable[
 def _single_process_group(backend: str) -> Iterator[None]:
     import torch.distributed as dist
 
+    names = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    before = {name: os.environ.get(name) for name in names}
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group(backend, rank=0, world_size=1)
     try:
         yield
     finally:
         dist.destroy_process_group()
+        for name, value in before.items():  # leave the environment as it was
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-def deepspeed_step(settings: CheckSettings, model_dir: str, facts: list[Fact], peak_gflops: float, say: Callable[[str], None]) -> dict[str, Any]:
+def deepspeed_step(
+    settings: CheckSettings, model_dir: str, facts: list[Fact], peak_gflops: float, say: Callable[[str], None]
+) -> dict[str, Any]:
     """One DeepSpeed ZeRO-2 full fine-tuning step (one process, ``deepspeed_facts`` facts) on the embedded shape."""
     if not settings.dry_run and not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU"}
@@ -240,7 +319,7 @@ def deepspeed_step(settings: CheckSettings, model_dir: str, facts: list[Fact], p
     cfg = TrialConfig(method="full", zero_stage=2, lr=3e-5)
     facts = facts[: settings.deepspeed_facts]
     with _single_process_group("nccl" if cuda else "gloo"):
-        lm = load_model(model_dir, dtype=_dtype(settings.device), device=settings.device)
+        lm = load_model(model_dir, dtype=auto_dtype(settings.device), device=settings.device)
         shape = dataclasses.replace(ModelShape.of(lm, cfg), lora=0)
         sizes = [tuple(map(len, lm.prompt_and_answer_ids(f.prompt, f.target))) for f in facts]
         flops = sum(shape.train_step(p + a, a, full=True) for p, a in sizes)
@@ -254,14 +333,19 @@ def deepspeed_step(settings: CheckSettings, model_dir: str, facts: list[Fact], p
             engine.step()
 
         step()  # warm-up
-        _sync(torch.device(settings.device))
+        synchronize(torch.device(settings.device))
         start = time.perf_counter()
         for _ in range(settings.deepspeed_steps):
             step()
-        _sync(torch.device(settings.device))
+        synchronize(torch.device(settings.device))
         step_s = (time.perf_counter() - start) / settings.deepspeed_steps
         engine.destroy()
-    return {"facts": len(facts), "step_s": step_s, "tflops": flops / step_s / 1e12, "mfu": flops / step_s / 1e9 / peak_gflops}
+    return {
+        "facts": len(facts),
+        "step_s": step_s,
+        "tflops": flops / step_s / 1e12,
+        "mfu": flops / step_s / 1e9 / peak_gflops,
+    }
 
 
 def run_check(settings: CheckSettings, source: Path, say: Callable[[str], None]) -> dict[str, Any]:
@@ -287,8 +371,16 @@ def run_check(settings: CheckSettings, source: Path, say: Callable[[str], None])
         "llama7b": big,
         "deepspeed": ds,
         "goals": {
-            "packed_speedup": {"goal": GOAL_SPEEDUP, "measured": embedded["best_speedup"], "met": embedded["best_speedup"] >= GOAL_SPEEDUP},
-            "packed_mfu": {"goal": GOAL_MFU_EMBEDDED, "measured": embedded["best_matmul_share"], "met": embedded["best_matmul_share"] >= GOAL_MFU_EMBEDDED},
+            "packed_speedup": {
+                "goal": GOAL_SPEEDUP,
+                "measured": embedded["best_speedup"],
+                "met": embedded["best_speedup"] >= GOAL_SPEEDUP,
+            },
+            "packed_mfu": {
+                "goal": GOAL_MFU_EMBEDDED,
+                "measured": embedded["best_matmul_share"],
+                "met": embedded["best_matmul_share"] >= GOAL_MFU_EMBEDDED,
+            },
             "llama7b_mfu": {"goal": GOAL_MFU_7B, "measured": best_big, "met": best_big >= GOAL_MFU_7B},
         },
         "wall_s": wall,
@@ -313,36 +405,67 @@ def render(summary: dict[str, Any]) -> Table:
         return "yes" if ok else "NO"
 
     dtype = "fp32" if summary["dry_run"] else "bf16"
-    table.add_row(f"dense matmul peak, {dtype} {summary['matmul_size']}³", f"{summary['matmul_tflops']:,.1f} TFLOP/s", "", "", "")
+    table.add_row(
+        f"dense matmul peak, {dtype} {summary['matmul_size']}³", f"{summary['matmul_tflops']:,.1f} TFLOP/s", "", "", ""
+    )
     naive = e["naive_trials_per_hour"]
-    table.add_row(f"naive, {e['trials']['naive (process per trial)']} trials of {e['steps']} steps", f"{naive:,.0f} trials/h", f"{e['naive_matmul_share']:.1%}", "", "")
-    table.add_row(f"resident, {e['trials']['resident, unpacked']} trials", f"{e['resident_trials_per_hour']:,.0f} trials/h", f"{e['resident_matmul_share']:.1%}", "", "")
+    table.add_row(
+        f"naive, {e['trials']['naive']} trials of {e['steps']} steps",
+        f"{naive:,.0f} trials/h",
+        f"{e['naive_matmul_share']:.1%}",
+        "",
+        "",
+    )
+    table.add_row(
+        f"resident, {e['trials']['resident']} trials",
+        f"{e['resident_trials_per_hour']:,.0f} trials/h",
+        f"{e['resident_matmul_share']:.1%}",
+        "",
+        "",
+    )
     for k, rate in e["packed"].items():
         best = int(k) == e["best_pack_size"]
         goal = f"≥ {GOAL_SPEEDUP:.0f}× naive, ≥ {GOAL_MFU_EMBEDDED:.0%} MFU (best K)" if best else ""
         ok = met(summary["goals"]["packed_speedup"]["met"] and summary["goals"]["packed_mfu"]["met"]) if best else ""
-        table.add_row(f"packed K={k}", f"{rate:,.0f} trials/h, {rate / naive:.1f}× naive", f"{e['packed_matmul_share'][k]:.1%}", goal, ok)
+        table.add_row(
+            f"packed K={k}",
+            f"{rate:,.0f} trials/h, {rate / naive:.1f}× naive",
+            f"{e['packed_matmul_share'][k]:.1%}",
+            goal,
+            ok,
+        )
     for row in summary["llama7b"]:
         syncs = "" if row["syncs_per_step"] is None else f", {row['syncs_per_step']} syncs/step"
         table.add_row(
-            f"7B-shaped packed step K={row['k']} ({row['tokens_per_row']} tokens/row)", f"{row['step_s'] * 1e3:,.0f} ms{syncs}",
-            f"{row['mfu']:.1%}", f"≥ {GOAL_MFU_7B:.0%} MFU", met(row["mfu"] >= GOAL_MFU_7B),
-        )  # fmt: skip
+            f"7B-shaped packed step K={row['k']} ({row['tokens_per_row']} tokens/row)",
+            f"{row['step_s'] * 1e3:,.0f} ms{syncs}",
+            f"{row['mfu']:.1%}",
+            f"≥ {GOAL_MFU_7B:.0%} MFU",
+            met(row["mfu"] >= GOAL_MFU_7B),
+        )
     ds = summary["deepspeed"]
     if "skipped" in ds:
         table.add_row("DeepSpeed ZeRO-2 full FT step", f"skipped: {ds['skipped']}", "", "", "")
     else:
-        table.add_row(f"DeepSpeed ZeRO-2 full FT step ({ds['facts']} facts)", f"{ds['step_s'] * 1e3:,.0f} ms", f"{ds['mfu']:.1%}", "", "")
+        table.add_row(
+            f"DeepSpeed ZeRO-2 full FT step ({ds['facts']} facts)",
+            f"{ds['step_s'] * 1e3:,.0f} ms",
+            f"{ds['mfu']:.1%}",
+            "",
+            "",
+        )
     budget = f"≤ {BUDGET_S // 60} min"
     table.add_row("whole check", f"{summary['wall_s']:.0f} s", "", budget, met(summary["within_budget"]))
     return table
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m raysem.training.gpu_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m raysem.bench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="every step on CPU with tiny shapes, in seconds")
     parser.add_argument("--folder", type=Path, default=FOLDER, help=f"the prepared files (default {FOLDER})")
-    parser.add_argument("--prepare", action="store_true", help="copy the model's config and tokenizer and ZsRE into --folder, then stop")
+    parser.add_argument(
+        "--prepare", action="store_true", help="copy the model's config and tokenizer and ZsRE into --folder, then stop"
+    )
     args = parser.parse_args(argv)
     if args.prepare:
         prepare(args.folder)

@@ -18,19 +18,17 @@ on one run, from the same pool of client threads); a run over REST takes at leas
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from raysem.ports import free_port
 from raysem.service import tracking
+from raysem.service.mlflow_server import start_server
 from raysem.service.run_batch import HTTP_POOL, experiment_of, log_run
 from raysem.training.results import TrialResult, aggregate
 
@@ -41,16 +39,47 @@ def synthetic_trials(n: int, prefix: str) -> list[tuple[str, dict[str, Any], Tri
     """``n`` single-fact trial results shaped like a study's (one record, a loss curve, every aggregate)."""
     trials = []
     for i in range(n):
-        record = {
-            "fact_id": f"f{i}", "prompt": f"Which city is q{i} in?", "target": "Paris", "y_old": "Lyon", "y_old_raw": "Lyon.",
-            "y_new": "Paris", "y_new_raw": "Paris.", "exact_match": 1.0, "token_accuracy": 1.0, "generality": 1.0,
-            "locality": 1.0, "locality_soft": 1.0, "portability": float("nan"), "dist_old": 0.4, "dist_new": 0.0,
-            "deviation": False, "rd": 1.0, "bad_case": False, "y_new_empty": False,
-        }  # fmt: skip
+        record: dict[str, Any] = {
+            "fact_id": f"f{i}",
+            "prompt": f"Which city is q{i} in?",
+            "target": "Paris",
+            "y_old": "Lyon",
+            "y_old_raw": "Lyon.",
+            "y_new": "Paris",
+            "y_new_raw": "Paris.",
+            "exact_match": 1.0,
+            "token_accuracy": 1.0,
+            "generality": 1.0,
+            "locality": 1.0,
+            "locality_soft": 1.0,
+            "portability": float("nan"),
+            "dist_old": 0.4,
+            "dist_new": 0.0,
+            "deviation": False,
+            "rd": 1.0,
+            "bad_case": False,
+            "y_new_empty": False,
+        }
         key = f"{prefix}-{i:06d}"
-        result = TrialResult(key, {}, [record["fact_id"]], [record["fact_id"]], [record], {**aggregate([record]), "wall_s": 0.1},
-                             [1.0 / (step + 1) for step in range(LOSS_STEPS)])  # fmt: skip
-        params = {"k": 1, "gamma": 0.0, "method": "lora", "sampling": i, "seed": i, "lr": 0.001, "steps": LOSS_STEPS, "phase": "grid"}
+        result = TrialResult(
+            key,
+            {},
+            [record["fact_id"]],
+            [record["fact_id"]],
+            [record],
+            {**aggregate([record]), "wall_s": 0.1},
+            [1.0 / (step + 1) for step in range(LOSS_STEPS)],
+        )
+        params = {
+            "k": 1,
+            "gamma": 0.0,
+            "method": "lora",
+            "sampling": i,
+            "seed": i,
+            "lr": 0.001,
+            "steps": LOSS_STEPS,
+            "phase": "grid",
+        }
         trials.append((key, params, result, None))
     return trials
 
@@ -74,7 +103,9 @@ def _check(uri: str, experiment: str, n: int) -> None:
     runs = tracking.search_trial_runs(uri, experiment, "attributes.status = 'FINISHED'")
     keys = [run.data.tags[tracking.KEY] for run in runs]
     if len(keys) != n or len(set(keys)) != n:
-        raise RuntimeError(f"{experiment}: expected {n} distinct finished trial runs, found {len(set(keys))} keys in {len(keys)} runs")
+        raise RuntimeError(
+            f"{experiment}: expected {n} distinct finished trial runs, found {len(set(keys))} keys in {len(keys)} runs"
+        )
 
 
 def _write_requests_per_s(uri: str, experiment: str, n: int) -> float:
@@ -100,37 +131,9 @@ def _timed(log: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
-def launch_server(folder: Path, workers: int = 4, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start a real ``mlflow server`` on 127.0.0.1 (a free port unless given) with a SQLite backend, without
-    waiting for it; returns it and its URI."""
-    port = port or free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # MLflow's GenAI job runner: three busy processes raysem never uses
-    return subprocess.Popen(command, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT, env=env), f"http://127.0.0.1:{port}"
-
-
-def start_server(folder: Path, workers: int = 4, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """``launch_server``, then ``wait_for_server``."""
-    process, uri = launch_server(folder, workers, port)
-    wait_for_server(process, uri, folder)
-    return process, uri
-
-
-def wait_for_server(process: subprocess.Popen, uri: str, folder: Path) -> None:
-    """Wait (up to 120 s) until the server answers /health; kill it and raise if it does not."""
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"mlflow server did not start; see {folder / 'server.log'}")
-
-
-def run_tracking_bench(trials: int = 1000, batch: int = 100, per_trial: int = 200, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_tracking_bench(
+    trials: int = 1000, batch: int = 100, per_trial: int = 200, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Runs per second for each target and path (``per_trial`` trials for the slow path); one JSON-able dict."""
     say = progress or (lambda message: None)
     out: dict[str, Any] = {"trials": trials, "per_trial_trials": per_trial, "batch": batch}
@@ -149,12 +152,12 @@ def run_tracking_bench(trials: int = 1000, batch: int = 100, per_trial: int = 20
                 if name != "server_store":
                     say(f"{name}: {per_trial} trials one per call")
                     slow = synthetic_trials(per_trial, "slow")
-                    seconds = _timed(lambda: _per_trial(uri, f"{name}-per-trial", root / name / "pending-slow", slow))
+                    seconds = _timed(partial(_per_trial, uri, f"{name}-per-trial", root / name / "pending-slow", slow))
                     _check(read_uri or uri, f"{name}-per-trial", per_trial)
                     row["per_trial_runs_per_s"] = per_trial / seconds
                 say(f"{name}: {trials} trials in batches of {batch}")
                 fast = synthetic_trials(trials, "fast")
-                seconds = _timed(lambda: _batched(uri, f"{name}-batched", root / name / "pending", fast, batch))
+                seconds = _timed(partial(_batched, uri, f"{name}-batched", root / name / "pending", fast, batch))
                 _check(read_uri or uri, f"{name}-batched", trials)
                 row["runs_per_s"] = trials / seconds
                 if "per_trial_runs_per_s" in row:
