@@ -39,25 +39,45 @@ def _ray_session():
 
 
 @pytest.fixture()
-def ray_runtime(_ray_session):
+def ray_runtime(_ray_session, monkeypatch):
     """One local Ray (4 CPUs, its own dashboard) shared by every test that runs in-process on Ray; started
     on first use, and again if a test (the simulated cluster's) shut it down. Ray Train's placement-group
     cleaner asks the state API whether a run's controller is alive; without an explicit API address it
-    picks the machine's latest `ray start` cluster, which may be another's: RAY_API_SERVER_ADDRESS pins it."""
-    ensure_ray()
+    picks the machine's latest `ray start` cluster, which may be another's: RAY_API_SERVER_ADDRESS pins it,
+    for the Ray processes (set when they start) and for the test that uses it (unset after the test)."""
+    monkeypatch.setenv(API_SERVER, ensure_ray())
     yield
 
 
-def ensure_ray() -> None:
-    """``ray_runtime``'s local Ray, for fixtures of a wider scope (call it with ``_ray_session`` requested)."""
+API_SERVER = "RAY_API_SERVER_ADDRESS"
+_RUNTIME: dict[str, str] = {}
+
+
+def ensure_ray() -> str:
+    """``ray_runtime``'s local Ray, for fixtures of a wider scope (call it with ``_ray_session`` requested);
+    returns its dashboard (state API) address."""
     import ray
 
     from raysem.ports import free_port
 
     if not ray.is_initialized():
-        port = free_port()
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
+        address = f"http://127.0.0.1:{free_port()}"
+        previous = os.environ.get(API_SERVER)
+        os.environ[API_SERVER] = address  # inherited by the Ray processes started now
+        try:
+            ray.init(
+                num_cpus=4,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=int(address.rsplit(":", 1)[1]),
+            )
+        finally:
+            if previous is None:
+                del os.environ[API_SERVER]
+            else:
+                os.environ[API_SERVER] = previous
+        _RUNTIME["address"] = address
+    return _RUNTIME["address"]
 
 
 @pytest.fixture(scope="session")

@@ -387,20 +387,21 @@ def _tune_trials(param_space: dict[str, Any], num_samples: int) -> int:
 
 
 def _fit(tuner: tune.Tuner, expected: int, stop: StopOnSigint) -> tune.ResultGrid:
-    """``tuner.fit()``, raising :class:`StudyInterrupted` after a SIGINT or when fewer than ``expected`` Tune
-    trials reported or errored: Tune returns normally when stopped, with the trials it stopped marked
-    TERMINATED like finished ones, and what comes next (a best point, a finished study run) needs them all."""
+    """``tuner.fit()``, raising :class:`StudyInterrupted` unless all ``expected`` Tune trials finished: after a
+    SIGINT (Tune returns normally when stopped, with the trials it stopped marked TERMINATED like finished
+    ones), or when a unit errored past its retries (its trials are not logged; the error is quoted). What
+    comes next (a best point, a finished study run) needs every unit."""
     results = None if stop.received else tuner.fit()
-    ended = sum(1 for r in results if r.error is not None or "trials_run" in r.metrics) if results else 0
-    if results is None or stop.received or ended < expected:
-        where = f"the Tune run at {results.experiment_path}" if results else "the study"
-        raise StudyInterrupted(
-            f"{where} stopped with {ended} of {expected} Tune trials ended "
-            + (
-                "(SIGINT). "
-                if results is None or stop.received
-                else f"({results.num_errors} errored; failure.fail_fast after a failed trial?). "
-            )
-            + "Every finished trial is logged; rerun with --resume to run the rest."
-        )
-    return results
+    finished = sum(1 for r in results if r.error is None and "trials_run" in r.metrics) if results else 0
+    if results is not None and not stop.received and finished >= expected:
+        return results
+    where = f"the Tune run at {results.experiment_path}" if results else "the study"
+    if results is not None and results.num_errors:
+        first = str(next(r.error for r in results if r.error is not None)).strip().splitlines()[-1]
+        reason = f"{results.num_errors} errored past failure.max_failures, the first with {first}"
+    else:
+        reason = "SIGINT" if results is None or stop.received else "stopped early (failure.fail_fast?)"
+    raise StudyInterrupted(
+        f"{where} stopped with {finished} of {expected} Tune trials finished ({reason}). "
+        "Every finished trial is logged; rerun with --resume to run the rest."
+    )

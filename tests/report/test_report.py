@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from raysem.cli.report import report_app
 from raysem.report.build import ReportError, build_report
-from raysem.training.results import aggregate
+from raysem.training.results import trial_aggregates
 
 EXPERIMENT, OTHER, EMPTY, FAILED = "synthetic-study", "synthetic-rerun", "empty-study", "failed-study"
 W_FRO = 88.4206
@@ -104,7 +104,13 @@ class _Store:
         }
         # Like the study service, the group label names the swept point (so it varies with γ).
         full["group"] = ",".join(f"{n}={params[n]}" for n in sorted(params) if n not in ("k", "sampling")) or "base"
-        metrics = {"failed": 1.0} if records is None else {**aggregate(records.to_dict("records")), "failed": 0.0}
+        rows = [] if records is None else records.to_dict("records")
+        ids, dist = [r["fact_id"] for r in rows], [r["dist_old"] for r in rows]
+        metrics = {
+            k: v
+            for k, v in trial_aggregates(rows, ids, dist, n_test=len(rows), failed=records is None).items()
+            if v == v
+        }
         metrics.update(extra or {})
         ts = self.clock
         self.client.log_batch(
@@ -492,5 +498,5 @@ def test_trials_of_different_identities_are_not_pooled_under_one_configuration()
     )
     check_identities(frame)
     frame.loc[1, "fingerprint"] = "cccc"
-    with pytest.raises(ReportError, match=r"gamma=0\.0 \(k = 10\): aaaa, cccc.*would be pooled"):
+    with pytest.raises(ReportError, match=r"would be pooled: gamma=0\.0 \(k = 10\): aaaa, cccc"):
         check_identities(frame)

@@ -249,7 +249,7 @@ def test_sigint_stops_the_running_tune_run_and_the_study():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.1)
             assert stop.received and stopped == [True]
-            with pytest.raises(StudyInterrupted, match=r"0 of 3 Tune trials ended \(SIGINT\).*--resume"):
+            with pytest.raises(StudyInterrupted, match=r"0 of 3 Tune trials finished \(SIGINT\).*--resume"):
                 _fit(None, 3, stop)  # a phase that has not started yet does not start
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
