@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from raysem.errors import SpecError
 from raysem.models.catalog import EMBEDDED_MODELS
+from raysem.service import tracking
 from raysem.service.spec import StudySpec
 
 IDENTITY_PARAM = "identity"
@@ -81,3 +83,44 @@ def identity_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
     ]
+
+
+def resolve_identity(
+    spec: StudySpec, uri: str, identity: dict[str, Any], new_experiment: bool
+) -> tuple[StudySpec, str | None]:
+    """The spec to run and the fingerprint its trial keys carry, after comparing its identity with the one
+    recorded on every study run of its experiment: another identity is refused (SpecError naming the changed
+    fields), or with ``new_experiment`` the study runs as ``<name>-<fingerprint>`` in an experiment of that
+    name. An experiment whose study runs recorded no identity (made before identities) keeps its old keys."""
+    fp = fingerprint(identity)
+    try:
+        tracking.check_reachable(uri)
+        recorded = tracking.study_identities(uri, spec.experiment, IDENTITY_PARAM)
+    except tracking.TrackingUnavailable:
+        return spec, fp  # the keys still carry the fingerprint: nothing of another identity is skipped
+    if recorded and all(value is None for *_, value in recorded):
+        print(
+            f"raysem: experiment {spec.experiment!r} was begun before study identities were recorded; its trials keep their keys"
+        )
+        return spec, None
+    for run_id, name, value in recorded:
+        if value is None or fingerprint(json.loads(value)) == fp:
+            continue
+        if new_experiment:
+            suffix = f"-{fp[:8]}"
+            renamed = spec.model_copy(
+                update={
+                    "name": spec.name + suffix,
+                    "tracking": spec.tracking.model_copy(update={"experiment": spec.experiment + suffix}),
+                }
+            )
+            print(
+                f"raysem: the spec differs from study run {name}; running it as study {renamed.name} in experiment {renamed.experiment!r}"
+            )
+            return resolve_identity(renamed, uri, identity, False)
+        changes = "; ".join(identity_changes(json.loads(value), identity))
+        raise SpecError(
+            f"{spec.name}: experiment {spec.experiment!r} holds study run {name} ({run_id}) of another identity; "
+            f"changed: {changes}. Its trials would be skipped as done: give the study a new name, or pass --new-experiment"
+        )
+    return spec, fp

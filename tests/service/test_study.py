@@ -239,7 +239,7 @@ def test_sigint_stops_the_running_tune_run_and_the_study():
     """The first SIGINT goes to the running Tune run's stop handler (SIGUSR1) and is remembered, so that no
     later phase starts; a second SIGINT interrupts at once."""
     from raysem.service.interrupt import StopOnSigint
-    from raysem.service.study import _fit
+    from raysem.service.tuning import fit
 
     stopped = []
     outside = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup
@@ -250,7 +250,7 @@ def test_sigint_stops_the_running_tune_run_and_the_study():
             time.sleep(0.1)
             assert stop.received and stopped == [True]
             with pytest.raises(StudyInterrupted, match=r"0 of 3 Tune trials finished \(SIGINT\).*--resume"):
-                _fit(None, 3, stop)  # a phase that has not started yet does not start
+                fit(None, 3, stop)  # a phase that has not started yet does not start
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.1)
