@@ -25,8 +25,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check raysem tests jobs benchmarks
 	$(VENV)/bin/mypy
 
+# Two pytest workers, one test file each at a time (most of the suite waits on process starts, Ray and
+# MLflow); one torch thread per worker, so that the two never oversubscribe the cores.
 test: lint
-	$(VENV)/bin/python -m pytest -q
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(VENV)/bin/raysem bench

@@ -207,7 +207,14 @@ def test_a_unit_that_reserved_a_gpu_cuda_cannot_see_stops_with_a_clear_error(tmp
         sim.wait_for_nodes()
         resources = {"cpu": 1, "gpu": 1, "custom": {"gpupool": 1}}
         spec = load_spec(
-            cluster_spec(tmp_path, tiny_model_dir, "no-cuda", resources=resources, sampling={"k": 2, "n_samplings": 1})
+            cluster_spec(
+                tmp_path,
+                tiny_model_dir,
+                "no-cuda",
+                resources=resources,
+                sampling={"k": 2, "n_samplings": 1},
+                failure={"max_failures": 0},
+            )
         )
         with pytest.raises(StudyInterrupted, match=r"1 errored past failure\.max_failures.*reserved GPU"):
             run_study(spec, address=sim.address)
