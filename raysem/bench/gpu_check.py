@@ -45,6 +45,7 @@ from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.device import auto_dtype, synchronize
 from raysem.models.encoding import TargetBatch
 from raysem.models.loader import embedded_model_dir, load_model
+from raysem.models.tiny import TINY_SHAPE
 from raysem.ports import free_port
 from raysem.training.config import TrialConfig
 from raysem.training.flops import ModelShape
@@ -63,14 +64,7 @@ LLAMA2_7B = dict(
     num_key_value_heads=32,
     vocab_size=32000,
 )
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
+TINY = {**TINY_SHAPE, "head_dim": 16}
 
 GOAL_SPEEDUP, GOAL_MFU_EMBEDDED, GOAL_MFU_7B = 20.0, 0.40, 0.50
 BUDGET_S = 8 * 60

@@ -9,17 +9,18 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+TINY_SHAPE: dict[str, int] = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+"""The tiny Llama's shape (the GPU check's dry run uses it too)."""
+
 
 def tiny_llama(folder: Path, tokenizer: Any, seed: int = 0) -> Path:
     """A 2-layer Llama (hidden 64) over ``tokenizer``'s vocabulary, tied embeddings, saved with it in ``folder``."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
