@@ -116,9 +116,12 @@ def run_chaos(
     pack_size: int = 64,
     max_worker_kills: int | None = None,
     progress: Callable[[str], None] | None = None,
+    server_workers: int = 4,
+    server_down_s: float = 5.0,
 ) -> dict[str, Any]:
     """Run the study under faults and count its MLflow runs; one JSON-able dict (``ok`` when exact).
-    ``max_worker_kills`` caps the Tune worker kills (None: one every ``kill_every`` seconds to the end)."""
+    ``max_worker_kills`` caps the Tune worker kills (None: one every ``kill_every`` seconds to the end); the
+    server (``server_workers`` workers) stays down ``server_down_s`` seconds plus its start-up."""
     say = progress or (lambda message: None)
     root = Path(folder or tempfile.mkdtemp(prefix="raysem-chaos-"))
     (root / "mlflow").mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,7 @@ def run_chaos(
     from raysem.models.tiny import tiny_llama
 
     model = tiny_llama(root / "model", AutoTokenizer.from_pretrained(pull_model()))
-    server, uri = start_server(root / "mlflow")
+    server, uri = start_server(root / "mlflow", workers=server_workers)
     spec_path = chaos_spec(root, model, uri, trials, unpacked_share, pack_size)
     faults = {"worker_kills": 0, "server_restarts": 0, "driver_kills": 0, "orphaned_ray_processes": 0}
     started = time.time()
@@ -158,10 +161,10 @@ def run_chaos(
                 say(f"{done}/{trials} trials: restarting the mlflow server")
                 server.terminate()
                 server.wait(timeout=60)
-                time.sleep(5.0)
+                time.sleep(server_down_s)
                 server, _ = launch_server(
-                    root / "mlflow", port=int(uri.rsplit(":", 1)[1])
-                )  # up in ~30 s; the study goes on
+                    root / "mlflow", workers=server_workers, port=int(uri.rsplit(":", 1)[1])
+                )  # up in seconds; the study goes on meanwhile
                 faults["server_restarts"] = 1
             if not faults["driver_kills"] and not driver.resumed and done >= 2 * trials / 3:
                 say(f"{done}/{trials} trials: SIGKILLing the driver")
