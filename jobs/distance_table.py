@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from raysem.data.facts import DatasetError
+    from raysem.models.device import planned_dtype
     from raysem.semantics.tables import distance_table_ray, summary
     from raysem.service.spec import DistanceTableSpec, SpecError, load_spec
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             actors=spec.actors,
             refresh=args.refresh,
             prompting=spec.prompting,
+            resources=spec.resources(),
+            dtype=planned_dtype(spec.precision, gpu=spec.gpu > 0),
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -66,6 +66,7 @@ def ensure_ray() -> str:
         os.environ[API_SERVER] = address  # inherited by the Ray processes started now
         try:
             ray.init(
+                address="local",  # a new one, never another test's `ray start` cluster on this machine
                 num_cpus=4,
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",

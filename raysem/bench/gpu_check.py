@@ -318,7 +318,7 @@ def deepspeed_step(
         sizes = [tuple(map(len, lm.prompt_and_answer_ids(f.prompt, f.target))) for f in facts]
         flops = sum(shape.train_step(p + a, a, full=True) for p, a in sizes)
         optimizer = build_optimizer(lm.model.parameters(), cfg)
-        config = deepspeed_config(cfg, 1, len(facts), bf16=cuda)
+        config = deepspeed_config(cfg, 1, len(facts), torch.bfloat16 if cuda else torch.float32)
         engine, *_ = deepspeed.initialize(model=lm.model, optimizer=optimizer, config=config, dist_init_required=False)
         base = {f.id: {"dist_old": 0.0} for f in facts}
 

@@ -151,6 +151,46 @@ def chaos_bench(
         raise typer.Exit(1)
 
 
+@bench_app.command("plan")
+def plan_bench(
+    spec: Path = typer.Argument(Path("jobs/quick_study.yaml"), help="study spec whose largest unit is measured"),
+    models: list[str] = typer.Option(
+        ["smollm2-135m-instruct", "tiny"], "--model", help="embedded model name, folder, or 'tiny' (a random Llama)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """``raysem study plan``'s memory and time of one unit against a real unit run here on the CPU."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from raysem.bench.plan_check import run_plan_check
+    from raysem.models.loader import pull_model
+    from raysem.models.tiny import tiny_llama
+
+    folder = Path(tempfile.mkdtemp(prefix="raysem-plan-"))
+    named = [str(tiny_llama(folder, AutoTokenizer.from_pretrained(pull_model()))) if m == "tiny" else m for m in models]
+    rows = run_plan_check(spec, named, {})
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title=f"one unit of {spec}: plan against measurement (CPU, float32, one thread)")
+    for column in ("model", "unit", "planned GiB", "measured GiB", "ratio", "s", "planned s at matmul peak", "MFU"):
+        table.add_column(column, justify="left" if column in ("model", "unit") else "right")
+    for row, name in zip(rows, models):
+        table.add_row(
+            name,
+            row["unit"],
+            f"{row['planned_gib']:.3f}",
+            f"{row['measured_gib']:.3f}",
+            f"{row['measured_gib'] / row['planned_gib']:.2f}",
+            f"{row['seconds']:.1f}",
+            f"{row['planned_s_at_matmul_peak']:.1f}",
+            f"{row['planned_s_at_matmul_peak'] / row['seconds']:.3f}",
+        )
+    Console().print(table)
+
+
 def render_table(summary: dict[str, Any]) -> Table:
     """The benchmark summary as a table: trials/hour, ratio to the naive run, share of the matmul peak
     by wall time and by CPU time (the latter is blind to time lost to other processes), and a packed run's

@@ -52,6 +52,15 @@ def study_run(
     raise typer.Exit(job_main(argv=argv + (["--address", address] if address else [])))
 
 
+def _study_plan() -> None:
+    from raysem.cli.plan import plan
+
+    study_app.command("plan")(plan)
+
+
+_study_plan()
+
+
 @app.command("sync")
 def sync(
     storage: Path = typer.Option(Path("raysem-out/ray"), help="the studies' Ray storage path"),

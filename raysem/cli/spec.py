@@ -27,13 +27,16 @@ def check(
     ),
 ) -> None:
     """Validate a spec as a study would before Ray starts (every grid point, search bound, quick override and
-    packing rule), and print its trials and Tune units as JSON. Exit 2 with the field named when it is bad."""
+    packing rule; a unit's memory against its GPU share when the spec declares ``resources.gpu_memory_gb``),
+    and print its trials and Tune units as JSON. Exit 2 with the field named when it is bad."""
+    from raysem.service.estimate import check_fit
     from raysem.service.job import parse_sets
     from raysem.service.planning import count_trials, expand_units
     from raysem.service.spec import SpecError, load_spec
 
     try:
         loaded = load_spec(spec, quick=quick, overrides=parse_sets(sets))
+        check_fit(loaded)
     except SpecError as exc:
         typer.echo(f"raysem: spec error: {exc}", err=True)
         raise typer.Exit(2) from None

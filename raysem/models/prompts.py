@@ -1,6 +1,6 @@
 """How a question becomes a prompt, how an answer is joined to it, and how long an answer may run.
 
-Two prompt styles, one per study, used alike to train and to answer (y_old, y_new, generality,
+Three prompt styles, one per study, used alike to train and to answer (y_old, y_new, generality,
 locality, portability, distance tables):
 
 - ``chat``: the model's chat template around the bare question (the raw question for a model
@@ -9,6 +9,9 @@ locality, portability, distance tables):
   ``Q: <question>`` and ``A:``; the answer follows after one space and is cut at its first
   newline. A small chat model answers a chat prompt with a sentence ("The IAAF …"), so the
   distance there measures a preface; under ``fewshot`` it answers with the entity.
+- ``zeroshot``: the raw question (after BOS, no template, no demonstrations); the answer follows after
+  one space, as the knowledge-editing literature's LoRA baselines join them (the paper evaluates
+  zero-shot, App. C). The answer is not cut at a newline (under the ``target`` budget).
 
 The answer budget is the paper's by default (``target``: as many new tokens as the reference
 answer has), or ``free``: up to ``free_tokens``, cut at the first newline.
@@ -19,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-PromptStyle = Literal["chat", "fewshot"]
-PROMPT_STYLES: tuple[str, ...] = ("chat", "fewshot")
+PromptStyle = Literal["chat", "fewshot", "zeroshot"]
+PROMPT_STYLES: tuple[str, ...] = ("chat", "fewshot", "zeroshot")
 AnswerBudget = Literal["target", "free"]
 DEFAULT_PROMPT_STYLE: PromptStyle = "fewshot"
 

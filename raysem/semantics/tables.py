@@ -3,9 +3,10 @@
 One row per fact with the fields of ``raysem.semantics.evaluate.base_records`` (fact_id, y_old, y_old_raw,
 dist_old, target_tokens, prompt_tokens, y_old_empty, locality_base) plus the prompt and target.
 Tables are Parquet files in ``cache_dir("distances")``, keyed by a hash of the model, the dataset
-(its sha256 and the facts actually used), the limit, the decoding settings and the raysem version,
-so a second request reads the file instead of decoding again. ``distance_table`` computes in-process;
-``distance_table_ray`` computes the same table as a Ray Data job with a pool of model-holding actors.
+(its sha256 and the facts actually used), the limit, the decoding settings, the dtype the model decodes in
+and the raysem version, so a second request reads the file instead of decoding again. ``distance_table``
+computes in-process; ``distance_table_ray`` computes the same table as a Ray Data job with a pool of
+model-holding actors, each on the resources (and the GPU) a study's unit reserves.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import raysem
 from raysem.data.facts import Fact, FactSet, facts_sha256
 from raysem.models.catalog import EMBEDDED_MODELS
+from raysem.models.device import assigned_device
 from raysem.models.loader import LoadedModel, load_model
 from raysem.models.prompts import Prompting
 from raysem.paths import cache_dir
@@ -106,10 +109,20 @@ def prompting_of(model: str | LoadedModel, prompting: Prompting | None = None) -
     return prompting or Prompting()
 
 
-def table_key(model: str | LoadedModel, facts: FactSet, prompting: Prompting | None = None) -> str:
+def dtype_of(model: str | LoadedModel, dtype: torch.dtype) -> str:
+    """The dtype a table is decoded in: a loaded model's own, else ``dtype``, by name (``bfloat16``)."""
+    found = next(model.model.parameters()).dtype if isinstance(model, LoadedModel) else dtype
+    return str(found).removeprefix("torch.")
+
+
+def table_key(
+    model: str | LoadedModel, facts: FactSet, prompting: Prompting | None = None, dtype: torch.dtype = torch.float32
+) -> str:
     """sha256 of (model, prompt style and answer budget, dataset sha256, the facts used, their count,
-    decoding settings, raysem version)."""
+    decoding settings, raysem version, and the dtype when it is not float32: float32 tables keep their keys)."""
+    name = dtype_of(model, dtype)
     payload = {
+        **({"dtype": name} if name != "float32" else {}),
         "model": model_identity(model),
         **prompting_of(model, prompting).key(),
         "dataset_sha256": facts.sha256,
@@ -125,19 +138,26 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "x"
 
 
-def table_path(model: str | LoadedModel, facts: FactSet, prompting: Prompting | None = None) -> Path:
-    """Where the table of ``facts`` under ``model`` (and its prompting) lives in the cache."""
+def table_path(
+    model: str | LoadedModel, facts: FactSet, prompting: Prompting | None = None, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Where the table of ``facts`` under ``model`` (its prompting, its dtype) lives in the cache."""
     name = Path(model_identity(model)).name
-    return (
-        cache_dir("distances") / f"{_slug(facts.name)}-{_slug(name)}-{table_key(model, facts, prompting)[:16]}.parquet"
-    )
+    key = table_key(model, facts, prompting, dtype)[:16]
+    return cache_dir("distances") / f"{_slug(facts.name)}-{_slug(name)}-{key}.parquet"
 
 
 def _metadata(
-    model: str | LoadedModel, facts: FactSet, prompting: Prompting | None, seconds: float, how: str
+    model: str | LoadedModel,
+    facts: FactSet,
+    prompting: Prompting | None,
+    seconds: float,
+    how: str,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     return {
-        "key": table_key(model, facts, prompting),
+        "key": table_key(model, facts, prompting, dtype),
+        "dtype": dtype_of(model, dtype),
         "model": model_identity(model),
         **prompting_of(model, prompting).key(),
         "dataset": facts.name,
@@ -254,9 +274,9 @@ def distance_table(
     progress: bool = True,
     prompting: Prompting | None = None,
 ) -> tuple[pd.DataFrame, Path]:
-    """The target-distance table of ``dataset`` under ``model`` (a name/path, or an already loaded base
-    model) and ``prompting`` (a loaded model's own), read from the cache when present (unless
-    ``refresh``), computed in-process otherwise."""
+    """The target-distance table of ``dataset`` under ``model`` (a name/path, loaded here in float32 on the
+    CPU, or an already loaded base model on its own device and dtype) and ``prompting`` (a loaded model's
+    own), read from the cache when present (unless ``refresh``), computed in-process otherwise."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     facts = _require_facts(resolve_facts(dataset, limit))
@@ -267,7 +287,7 @@ def distance_table(
     start = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, prompting=prompting)
     frame = _compute_in_process(lm, facts.facts, batch_size, progress)
-    write_table(frame, path, _metadata(model, facts, prompting, time.perf_counter() - start, "in-process"))
+    write_table(frame, path, _metadata(lm, facts, prompting, time.perf_counter() - start, "in-process"))
     return load_distance_table(path), path
 
 
@@ -322,10 +342,14 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 class BaseRecordsActor:
-    """Ray Data callable class: loads the model once, then turns batches of facts into table rows."""
+    """Ray Data callable class: loads the model once, on the device Ray assigned it (a reserved GPU that CUDA
+    cannot see is an error) and in ``dtype``, then turns batches of facts into table rows."""
 
-    def __init__(self, model: str, batch_size: int, prompting: Prompting) -> None:
-        self.lm = load_model(model, prompting=prompting)
+    def __init__(self, model: str, batch_size: int, prompting: Prompting, dtype: torch.dtype) -> None:
+        import ray
+
+        device = assigned_device(ray.get_gpu_ids())
+        self.lm = load_model(model, dtype=dtype, device=device, prompting=prompting)
         self.batch_size = batch_size
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -345,9 +369,13 @@ def distance_table_ray(
     actors: int = 1,
     refresh: bool = False,
     prompting: Prompting | None = None,
+    resources: dict[str, float] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[pd.DataFrame, Path]:
-    """``distance_table`` as a Ray Data job: ``from_items`` of the facts, ``map_batches`` over a pool
-    of ``actors`` model-holding actors, rows gathered and written to the same cache file.
+    """``distance_table`` as a Ray Data job: ``from_items`` of the facts, ``map_batches`` over a pool of
+    ``actors`` model-holding actors, rows gathered and written to the same cache file. Each actor reserves
+    ``resources`` (Ray's names: ``CPU``, ``GPU`` and custom ones; default one CPU) and decodes in ``dtype``;
+    the driver never loads the model.
 
     Uses the Ray runtime already initialised, or ``ray.init()`` (``RAY_ADDRESS`` when set).
     """
@@ -355,22 +383,25 @@ def distance_table_ray(
 
     facts = _require_facts(resolve_facts(dataset, limit))
     prompting = prompting_of(model, prompting)
-    path = table_path(model, facts, prompting)
+    path = table_path(model, facts, prompting, dtype)
     if path.is_file() and not refresh:
         return load_distance_table(path), path
     if not ray.is_initialized():
         ray.init()
     start = time.perf_counter()
     items = [{"index": i, "fact": json.dumps(facts.facts[i].to_dict())} for i in batch_order(facts.facts)]
+    wanted = dict(resources or {"CPU": 1})
     rows = (
         ray.data.from_items(items)
         .map_batches(
             BaseRecordsActor,
-            fn_constructor_kwargs={"model": model, "batch_size": batch_size, "prompting": prompting},
+            fn_constructor_kwargs={"model": model, "batch_size": batch_size, "prompting": prompting, "dtype": dtype},
             batch_size=batch_size,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=1,
+            num_cpus=wanted.pop("CPU", 0),
+            num_gpus=wanted.pop("GPU", 0),
+            resources=wanted or None,
         )
         .to_pandas()
     )
@@ -379,7 +410,6 @@ def distance_table_ray(
     rows = rows.sort_values("index").reset_index(drop=True)
     rows["locality_base"] = [json.loads(text) for text in rows["locality_base"]]
     frame = _frame(rows[list(COLUMNS)].to_dict("records"))
-    write_table(
-        frame, path, _metadata(model, facts, prompting, time.perf_counter() - start, f"ray-data ({actors} actors)")
-    )
+    how = f"ray-data ({actors} actors of {resources or {'CPU': 1}})"
+    write_table(frame, path, _metadata(model, facts, prompting, time.perf_counter() - start, how, dtype))
     return load_distance_table(path), path

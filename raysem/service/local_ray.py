@@ -19,12 +19,13 @@ RAY_ROOT = Path(tempfile.gettempdir()) / "raysem-ray"
 
 
 def init_local_ray(**kwargs) -> Path:
-    """``ray.init`` a local Ray in ``RAY_ROOT/<this pid>`` after reaping orphaned ones; returns its temp dir."""
+    """``ray.init`` a new local Ray in ``RAY_ROOT/<this pid>`` after reaping orphaned ones (never a ``ray start``
+    cluster that happens to run on this machine: ``RAY_ADDRESS`` or ``--address`` name those); returns its temp dir."""
     import ray
 
     reap_orphaned_rays()
     temp_dir = RAY_ROOT / str(os.getpid())
-    ray.init(_temp_dir=str(temp_dir), **kwargs)
+    ray.init(**{"address": "local", **kwargs}, _temp_dir=str(temp_dir))
     return temp_dir
 
 

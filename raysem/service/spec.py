@@ -142,7 +142,10 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cpu: float = Field(1.0, ge=0)
-    gpu: float = Field(0.0, ge=0)
+    gpu: float = Field(0.0, ge=0, description="GPUs per unit (a fraction shares one GPU between units)")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="memory of one GPU the units land on; `raysem study plan` checks a unit fits its share"
+    )
     custom: dict[str, float] = Field(default_factory=dict)
     full_ft_worker: dict[str, float] = Field(
         default_factory=dict, description="resources per DeepSpeed worker, e.g. {A100: 1, GPU: 1}"
@@ -179,7 +182,7 @@ class StudySpec(BaseModel):
     kind: Literal[STUDY_KINDS] = "quick"  # type: ignore[valid-type]
     model: str = DEFAULT_MODEL
     prompt_style: PromptStyle = Field(
-        DEFAULT_PROMPT_STYLE, description="chat or fewshot, for training and every answer"
+        DEFAULT_PROMPT_STYLE, description="chat, fewshot or zeroshot, for training and every answer"
     )
     answer_budget: AnswerBudget = Field("target", description="target: the reference's token count; free: free_tokens")
     free_tokens: int = Field(24, ge=1, description="answer budget under answer_budget: free (cut at the first newline)")
@@ -431,10 +434,21 @@ class DistanceTableSpec(BaseModel):
     limit: int | None = Field(None, ge=1, description="use only the first N facts")
     batch_size: int = Field(32, ge=1, le=4096, description="facts per batch (and per decoding batch)")
     actors: int = Field(1, ge=1, le=1024, description="model-holding actors in the Ray Data pool")
-    prompt_style: PromptStyle = Field(DEFAULT_PROMPT_STYLE, description="chat or fewshot (raysem.models.prompts)")
+    cpu: float = Field(1.0, ge=0, description="CPUs per actor")
+    gpu: float = Field(0.0, ge=0, description="GPUs per actor (a fraction shares one); the model goes on it")
+    precision: Precision = Field(
+        "auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+    )
+    prompt_style: PromptStyle = Field(
+        DEFAULT_PROMPT_STYLE, description="chat, fewshot or zeroshot (raysem.models.prompts)"
+    )
     answer_budget: AnswerBudget = Field("target", description="target (the reference's token count) or free")
     free_tokens: int = Field(24, ge=1, description="answer budget under answer_budget: free")
 
     @property
     def prompting(self) -> Prompting:
         return Prompting(self.prompt_style, self.answer_budget, self.free_tokens)
+
+    def resources(self) -> dict[str, float]:
+        """Each actor's Ray resources."""
+        return {"CPU": self.cpu, **({"GPU": self.gpu} if self.gpu else {})}

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from ray import tune
 
-from raysem.data.facts import FactSet
+from raysem.data.facts import Fact, FactSet
+from raysem.models.device import planned_dtype
 from raysem.service import tracking
+from raysem.service.estimate import TABLE_BATCH, check_fit
 from raysem.service.identity import IDENTITY_PARAM, resolve_identity, study_identity
 from raysem.service.interrupt import BARRIER, StopOnSigint, StudyInterrupted, interrupt_at
 from raysem.service.local_ray import init_local_ray
@@ -61,6 +65,32 @@ def check_resources(spec: StudySpec) -> None:
             )
 
 
+def base_table(spec: StudySpec, factset: FactSet, needed: list[Fact]) -> pd.DataFrame:
+    """The base records the units score against: the whole dataset's cached table when there is one (it
+    covers every sampled fact), else the used facts' table. A missing table is computed as a Ray Data job
+    on the units' own resources (their GPU share) and precision, so that the driver never loads the model."""
+    from raysem.semantics.tables import distance_table_ray, load_distance_table, table_path
+
+    dtype = planned_dtype(spec.precision, gpu=spec.resources.gpu > 0)
+    used = FactSet(factset.name, factset.format, needed, factset.sha256)
+    for source in (factset, used):
+        path = table_path(spec.model, source, spec.prompting, dtype)
+        if path.is_file():
+            return load_distance_table(path)
+    actors = max(1, min(spec.max_concurrent, math.ceil(len(needed) / TABLE_BATCH)))
+    print(f"raysem: base answers of {len(needed)} facts: a Ray Data job on {actors} x {spec.resources.bundle()}")
+    table, _ = distance_table_ray(
+        spec.model,
+        used,
+        batch_size=TABLE_BATCH,
+        actors=actors,
+        prompting=spec.prompting,
+        resources=spec.resources.bundle(),
+        dtype=dtype,
+    )
+    return table
+
+
 @dataclass
 class StudyOutcome:
     name: str
@@ -84,8 +114,6 @@ def run_study(
     ``new_experiment`` runs a spec whose identity differs from its experiment's under a new name instead of refusing it."""
     import ray
 
-    from raysem.semantics.tables import distance_table, table_path
-
     started = time.time()
     if not ray.is_initialized():
         if address or os.environ.get("RAY_ADDRESS"):
@@ -93,6 +121,7 @@ def run_study(
         else:
             init_local_ray()
     check_resources(spec)
+    check_fit(spec)
     check_storage(
         spec.storage_path,
         hosts=cluster_hosts(),
@@ -106,10 +135,7 @@ def run_study(
     storage = Path(spec.storage_path).resolve()
     study_dir = storage / spec.name
     pending = storage / "pending" / spec.name
-    # The whole dataset's table when it is cached already (it covers every sampled fact), else only the facts used.
-    whole = table_path(spec.model, factset, spec.prompting).is_file()
-    source = factset if whole else FactSet(factset.name, factset.format, needed, factset.sha256)
-    table, _ = distance_table(spec.model, source, prompting=spec.prompting)
+    table = base_table(spec, factset, needed)
     tags = tracking.study_tags(spec.kind, spec.model, factset.sha256, tracking.git_commit(Path(__file__).parent))
 
     parent_file = study_dir / "parent_run_id"

@@ -158,6 +158,7 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
                         base,
                         cfg,
                         use_gpu=spec.resources.gpu > 0 or "GPU" in spec.resources.full_ft_worker,
+                        precision=spec.precision,
                         resources_per_worker=spec.resources.full_ft_worker or None,
                         storage_path=str(Path(spec.storage_path).resolve()),
                         trial_id=key,

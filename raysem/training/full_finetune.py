@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from raysem.data.facts import Fact
+from raysem.models.device import Precision, resolve_dtype
 from raysem.models.encoding import encode_targets, target_logits
 from raysem.models.loader import LoadedModel, load_model
 from raysem.models.prompts import Prompting
@@ -72,9 +73,10 @@ def shard_for_rank(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     return list(items[start : start + base + (rank < extra)])
 
 
-def deepspeed_config(cfg: TrialConfig, world_size: int, batch_size: int, bf16: bool) -> dict[str, Any]:
+def deepspeed_config(cfg: TrialConfig, world_size: int, batch_size: int, dtype: torch.dtype) -> dict[str, Any]:
     """The DeepSpeed config of a trial: ZeRO stage ``cfg.zero_stage``, no gradient accumulation, clipping
-    only when ``cfg.max_grad_norm`` is set, bf16 on GPU (fp32 otherwise). The optimizer is the client's
+    only when ``cfg.max_grad_norm`` is set, DeepSpeed's bf16 or fp16 mode when ``dtype`` is one of them (the
+    spec's ``precision`` resolved on the worker's device; float32: neither). The optimizer is the client's
     (``build_optimizer``: AdamW or SGD), so the config names none."""
     micro = max(1, math.ceil(batch_size / world_size))
     return {
@@ -83,8 +85,8 @@ def deepspeed_config(cfg: TrialConfig, world_size: int, batch_size: int, bf16: b
         "train_batch_size": micro * world_size,
         "gradient_clipping": float(cfg.max_grad_norm or 0.0),
         "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": bf16},
-        "fp16": {"enabled": False},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
@@ -169,7 +171,9 @@ def _train_worker(config: dict[str, Any]) -> TrialResult | _Diverged | None:
     engine, *_ = deepspeed.initialize(
         model=lm.model,
         optimizer=optimizer,
-        config=deepspeed_config(cfg, world, batch_size, bf16=config["use_gpu"]),
+        config=deepspeed_config(
+            cfg, world, batch_size, resolve_dtype(config["precision"], "cuda" if config["use_gpu"] else "cpu")
+        ),
         dist_init_required=False,
     )
     engine.train()
@@ -228,6 +232,7 @@ def run_full_finetune(
     cfg: TrialConfig,
     *,
     use_gpu: bool = False,
+    precision: Precision = "auto",
     resources_per_worker: dict[str, float] | None = None,
     storage_path: str | None = None,
     trial_id: str = "",
@@ -246,7 +251,8 @@ def run_full_finetune(
     Locally (``use_gpu=False``) workers take one CPU each, talk over gloo and run DeepSpeed's CPU
     accelerator in fp32 (no op is compiled). On a cluster, call it with ``use_gpu=True,
     resources_per_worker=A100_WORKER`` (``{"A100": 1, "GPU": 1}``): each worker then lands on a
-    GPU of a node that carries the ``A100`` custom resource, talks over NCCL and trains in bf16.
+    GPU of a node that carries the ``A100`` custom resource, talks over NCCL and trains in ``precision``
+    (``auto``: bf16 on a GPU, fp32 on CPU), through DeepSpeed's own bf16/fp16 modes.
 
     Ray must be initialised already. Unless ``wait_for_resources`` (for autoscaling clusters), a
     cluster whose total resources can never hold the workers raises ``ClusterResourceError`` at once
@@ -289,6 +295,7 @@ def run_full_finetune(
             "base": {f.id: base[f.id] for f in [*train_facts, *test_facts]},
             "cfg": cfg,
             "use_gpu": use_gpu,
+            "precision": precision,
             "trial_id": trial_id,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

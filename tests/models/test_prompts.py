@@ -44,7 +44,7 @@ def bpe_tokenizer(add_bos: bool) -> PreTrainedTokenizerFast:
 
 
 def test_prompting_is_validated():
-    with pytest.raises(ValueError, match="prompt style must be one of chat, fewshot, got 'qa'"):
+    with pytest.raises(ValueError, match="prompt style must be one of chat, fewshot, zeroshot, got 'qa'"):
         Prompting("qa")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="answer budget"):
         Prompting(budget="long")  # type: ignore[arg-type]
@@ -95,6 +95,18 @@ def test_styles_on_a_chat_model(tiny):
     assert styled(tiny, style="fewshot", budget="free", free_tokens=7).answer_budget(QUESTION, "Paris") == 7
 
 
+def test_zeroshot_joins_the_raw_question_and_the_answer_on_a_chat_model(tiny):
+    """``zeroshot`` ignores the model's chat template: the raw question, then the answer after one space."""
+    zero = styled(tiny, style="zeroshot")
+    assert not zero.uses_chat_template and zero.format_prompt(QUESTION) == QUESTION  # SmolLM2 adds no BOS
+    tok = tiny.tokenizer
+    prompt_ids, answer_ids = zero.prompt_and_answer_ids(QUESTION, "Paris")
+    assert answer_ids == tok(" Paris", add_special_tokens=False).input_ids
+    assert tok.decode(prompt_ids + answer_ids) == f"{QUESTION} Paris"
+    assert zero.clean_answer(" Paris\nQ: next ") == "Paris\nQ: next"  # the target budget cuts at no newline
+    assert styled(tiny, style="zeroshot", budget="free").clean_answer(" Paris\nQ: next") == "Paris"
+
+
 def test_answers_are_cleaned_by_style(tiny):
     assert styled(tiny, style="fewshot").clean_answer(" Paris\nQ: What") == "Paris"
     assert styled(tiny, style="chat").clean_answer(" The capital\nis Paris ") == "The capital\nis Paris"
@@ -118,3 +130,6 @@ def test_base_model_prompts_get_bos_and_bpe_word_starts(add_bos):
     few = dataclasses.replace(lm, prompting=Prompting("fewshot"))
     assert few.format_prompt(QUESTION) == ("<s>" if add_bos else "") + fewshot_prompt(QUESTION)
     assert few.prompt_and_answer_ids(QUESTION, "Paris")[1] == answer_ids
+    zero = dataclasses.replace(lm, prompting=Prompting("zeroshot"))
+    assert zero.format_prompt(QUESTION) == lm.format_prompt(QUESTION)
+    assert zero.prompt_and_answer_ids(QUESTION, "Paris") == (prompt_ids, answer_ids)

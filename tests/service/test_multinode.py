@@ -223,3 +223,32 @@ def test_a_unit_that_reserved_a_gpu_cuda_cannot_see_stops_with_a_clear_error(tmp
         assert trial_runs(spec.tracking.uri, spec.experiment)[1] == [], "no trial ran on the CPU instead"
     finally:
         sim.remove_node(gpu_node)
+
+
+def test_a_missing_table_is_computed_on_the_pool_and_the_driver_never_loads_the_model(
+    tmp_path, tiny_model_dir, cluster, monkeypatch
+):
+    """No cached table: the base answers are a Ray Data job whose actors hold the trial's resources (so they
+    land on the pool node, the head offering none), and the driver loads no model at any point of the study."""
+    from ray.util.state import list_actors
+
+    import raysem.models.loader
+    import raysem.semantics.tables
+    from raysem.semantics.tables import load_distance_table
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the driver loaded a model: load_model{args}")
+
+    for module in (raysem.models.loader, raysem.semantics.tables):
+        monkeypatch.setattr(module, "load_model", refuse)
+    monkeypatch.setenv("RAYSEM_HOME", str(tmp_path / "home"))  # an empty table cache
+    sim, nodes = cluster
+    spec = load_spec(cluster_spec(tmp_path, tiny_model_dir, "table-on-pool", sampling={"k": 2, "n_samplings": 2}))
+    run_study(spec, address=sim.address)
+    exactly_once(spec.tracking.uri, spec.experiment, count_trials(spec))
+    [table] = (tmp_path / "home" / "distances").glob("*.parquet")
+    made = load_distance_table(table).attrs["raysem"]
+    assert made["computed_by"].startswith("ray-data (1 actors of {'CPU': 1.0, 'pool': 1.0}") and made["facts"] == 4
+    assert made["dtype"] == "float32"
+    actors = [a for a in list_actors(address=sim.address, detail=True, limit=10000) if "BaseRecords" in a.class_name]
+    assert actors and {a.node_id for a in actors} == {nodes["pool"].node_id}, actors

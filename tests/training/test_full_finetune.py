@@ -46,22 +46,24 @@ def test_shard_for_rank_splits_contiguously_and_covers_the_batch():
 
 
 def test_deepspeed_config_for_zero_2_and_3():
-    stage2 = deepspeed_config(TrialConfig(method="full", zero_stage=2), world_size=2, batch_size=3, bf16=False)
+    stage2 = deepspeed_config(TrialConfig(method="full", zero_stage=2), world_size=2, batch_size=3, dtype=torch.float32)
     assert stage2["zero_optimization"] == {"stage": 2}
     assert (stage2["train_micro_batch_size_per_gpu"], stage2["train_batch_size"]) == (2, 4)
     assert stage2["gradient_clipping"] == 0.0 and not stage2["bf16"]["enabled"]
     assert "optimizer" not in stage2  # the client's torch AdamW is used
     stage3 = deepspeed_config(
-        TrialConfig(method="full", zero_stage=3, max_grad_norm=0.5), world_size=4, batch_size=16, bf16=True
+        TrialConfig(method="full", zero_stage=3, max_grad_norm=0.5), world_size=4, batch_size=16, dtype=torch.bfloat16
     )
     assert stage3["zero_optimization"] == {"stage": 3}
     assert (stage3["train_micro_batch_size_per_gpu"], stage3["train_batch_size"]) == (4, 16)
-    assert stage3["gradient_clipping"] == 0.5 and stage3["bf16"]["enabled"]
+    assert stage3["gradient_clipping"] == 0.5 and stage3["bf16"]["enabled"] and not stage3["fp16"]["enabled"]
+    fp16 = deepspeed_config(TrialConfig(method="full"), world_size=1, batch_size=1, dtype=torch.float16)
+    assert fp16["fp16"]["enabled"] and not fp16["bf16"]["enabled"]  # the spec's precision float16
 
     from deepspeed.runtime.config import DeepSpeedConfig
 
     parsed = DeepSpeedConfig(
-        deepspeed_config(TrialConfig(method="full", zero_stage=3), world_size=1, batch_size=3, bf16=True)
+        deepspeed_config(TrialConfig(method="full", zero_stage=3), world_size=1, batch_size=3, dtype=torch.bfloat16)
     )
     assert parsed.zero_optimization_stage == 3 and parsed.bfloat16_config.enabled and parsed.train_batch_size == 3
 
