@@ -28,7 +28,7 @@ lint: setup
 # Two pytest workers, one test file each at a time (most of the suite waits on process starts, Ray and
 # MLflow); one torch thread per worker, so that the two never oversubscribe the cores.
 test: lint
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 3 --dist loadfile
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(VENV)/bin/raysem bench

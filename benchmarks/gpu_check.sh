@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of packed LoRA trials (raysem/bench/gpu_check.py): bf16 matmul peak, naive / resident /
 # packed trials per hour and MFU on the embedded model's shape, a packed step on a 7B-shaped Llama, and a
-# DeepSpeed ZeRO-2 step when deepspeed imports. One table, then one JSON line. Under 8 minutes on one GPU.
+# DeepSpeed ZeRO-2 step when deepspeed imports, the study's own unit functions (ResidentModel, base records,
+# run_trial, run_packed_trials) against the plan, and CUDA bf16 against CPU float32 answers and losses.
+# One table, then one JSON line. Under 8 minutes on one GPU.
 #
 #   bash benchmarks/gpu_check.sh --prepare   # here (network, .venv): model config + tokenizer, ZsRE, wheels
 #   bash benchmarks/gpu_check.sh             # on the GPU machine (no network; torch, transformers, peft there)

@@ -8,7 +8,13 @@ On a machine with one CUDA GPU, in a few minutes, it measures and prints:
   through :func:`raysem.bench.training.run_bench` (goal: packed ≥ 20× naive, ≥ 40% MFU at the best K);
 - a packed LoRA training step on a random Llama-2-7B-shaped model in bf16, K in {4, 16}, with its
   MFU (goal ≥ 50%) and the host syncs one step makes (CUDA's sync debug mode);
-- one DeepSpeed ZeRO-2 full fine-tuning step on the embedded shape, when deepspeed imports.
+- one DeepSpeed ZeRO-2 full fine-tuning step on the embedded shape, when deepspeed imports;
+- the functions a study's unit calls, without Ray: ``ResidentModel`` in bf16 on the random 7B-shaped
+  Llama, the base records of 64 facts, one 100-fact LoRA trial (``run_trial``) and a pack of 16
+  single-fact trials (``run_packed_trials``), each with its seconds and peak memory beside
+  ``raysem study plan``'s estimate;
+- on the embedded shape, CUDA (bf16) against CPU (float32): the same greedy answers and target losses
+  within ``BF16_LOSS_TOLERANCE``.
 
 MFU is useful FLOPs (``raysem.bench.training.ModelShape``) per second over the measured matmul peak.
 Goals are printed beside the measurements, never asserted. ``--dry-run`` runs every step on CPU
@@ -42,14 +48,23 @@ from raysem.bench.training import BenchSettings, bench_facts, run_bench
 from raysem.data.datasets import resolve_dataset
 from raysem.data.facts import Fact
 from raysem.models.catalog import DEFAULT_MODEL
-from raysem.models.device import auto_dtype, synchronize
-from raysem.models.encoding import TargetBatch
-from raysem.models.loader import embedded_model_dir, load_model
+from raysem.models.device import auto_dtype, resolve_dtype, synchronize
+from raysem.models.encoding import TargetBatch, encode_targets, target_logits
+from raysem.models.loader import LoadedModel, embedded_model_dir, load_model
 from raysem.models.tiny import TINY_SHAPE
 from raysem.ports import free_port
+from raysem.semantics.evaluate import base_records
+from raysem.semantics.loss import per_example_loss
 from raysem.training.config import TrialConfig
 from raysem.training.flops import ModelShape
-from raysem.training.packed import PackedLora, attach_packed_lora, train_packed_batch
+from raysem.training.packed import (
+    DEFAULT_MICRO_BATCH,
+    PackedLora,
+    attach_packed_lora,
+    run_packed_trials,
+    train_packed_batch,
+)
+from raysem.training.trial import ResidentModel, run_trial
 
 FOLDER = Path("benchmarks") / ".gpu_check"
 """Where ``benchmarks/gpu_check.sh`` keeps the prepared files, relative to the checkout it runs from."""
@@ -67,6 +82,9 @@ LLAMA2_7B = dict(
 TINY = {**TINY_SHAPE, "head_dim": 16}
 
 GOAL_SPEEDUP, GOAL_MFU_EMBEDDED, GOAL_MFU_7B = 20.0, 0.40, 0.50
+BF16_LOSS_TOLERANCE = 0.02
+"""Relative difference allowed between a target loss in bf16 on CUDA and in float32 on the CPU: bf16 keeps
+8 significant bits (one rounding ≤ 0.4%), a loss is a few dozen layers of roundings deep."""
 BUDGET_S = 8 * 60
 
 
@@ -85,6 +103,10 @@ class CheckSettings:
     big_targets: int
     deepspeed_facts: int
     deepspeed_steps: int
+    study_base_facts: int = 64
+    study_k: int = 100
+    study_pack: int = 16
+    study_steps: int = 3
     dry_run: bool = False
 
     @classmethod
@@ -124,6 +146,10 @@ class CheckSettings:
             big_targets=4,
             deepspeed_facts=2,
             deepspeed_steps=1,
+            study_base_facts=4,
+            study_k=4,
+            study_pack=2,
+            study_steps=1,
             dry_run=True,
         )
 
@@ -239,7 +265,7 @@ def big_packed_steps(settings: CheckSettings, peak_gflops: float, say: Callable[
     rows = []
     for k in settings.big_pack_sizes:
         say(f"7B-shaped packed step, K={k} ...")
-        packed = attach_packed_lora(model, list(range(k)), cfg.rank, cfg.alpha, cfg.target_modules)
+        packed = attach_packed_lora(model, list(range(k)), cfg.rank, cfg.alpha, cfg.targets(model))
         try:
             batch = synthetic_batch(k, settings.big_tokens, settings.big_targets, settings.big["vocab_size"], device)
             train = functools.partial(_train_steps, model, packed, batch, cfg)
@@ -342,6 +368,121 @@ def deepspeed_step(
     }
 
 
+def _resident_on(settings: CheckSettings, source: Path) -> ResidentModel:
+    """A random 7B-shaped Llama (tiny in a dry run) over ``source``'s tokenizer, as a unit's resident model:
+    on the check's device, in the precision a unit takes there (bf16 on CUDA)."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    torch.manual_seed(0)
+    config = LlamaConfig(**{**settings.big, "vocab_size": len(tokenizer)})
+    with torch.device(settings.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype("auto", settings.device)).eval()
+    chat = tokenizer.chat_template is not None
+    return ResidentModel(LoadedModel(model=model, tokenizer=tokenizer, name="llama-7b-shaped", chat=chat))
+
+
+def _measured(device: str, run: Callable[[], object]) -> tuple[object, float, float | None]:
+    """``run()``'s result, seconds and peak allocated GiB (CUDA only)."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = run()
+    synchronize(torch.device(device))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return out, time.perf_counter() - start, peak
+
+
+def study_code(settings: CheckSettings, source: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The functions a unit calls, as it calls them (no Ray): each step's seconds and peak memory, beside
+    the plan's estimate of that unit (``raysem.service.estimate.unit_memory``, cuda)."""
+    from raysem.service.estimate import GIB, tokens_of, unit_memory
+
+    say(f"study code: ResidentModel on {settings.device} ({settings.big['num_hidden_layers']} layers) ...")
+    resident, load_s, load_peak = _measured(settings.device, lambda: _resident_on(settings, source))
+    assert isinstance(resident, ResidentModel)
+    lm = resident.lm
+    dtype = next(lm.model.parameters()).dtype
+    facts = bench_facts(max(settings.study_base_facts, settings.study_k, settings.study_pack))
+    tokens = tokens_of(lm, facts)
+    cfg = TrialConfig(steps=settings.study_steps)
+
+    def planned(rows: int, trials: int) -> float:
+        memory = unit_memory(lm.model, cfg, rows, trials, tokens, dtype, cuda=True)
+        return (memory.total - memory.runtime) / GIB  # tensors only, as max_memory_allocated counts
+
+    rows: list[dict[str, Any]] = [
+        {"step": "ResidentModel", "s": load_s, "peak_gib": load_peak, "planned_gib": None},
+    ]
+    say(f"study code: base records of {settings.study_base_facts} facts ...")
+    base, seconds, peak = _measured(
+        settings.device, lambda: resident.base_records(facts[: max(settings.study_base_facts, settings.study_k)])
+    )
+    assert isinstance(base, dict)
+    rows.append(
+        {
+            "step": f"base records, {settings.study_base_facts} facts",
+            "s": seconds,
+            "peak_gib": peak,
+            "planned_gib": None,
+        }
+    )
+    k = settings.study_k
+    say(f"study code: one {k}-fact LoRA trial (run_trial) ...")
+    _, seconds, peak = _measured(settings.device, lambda: run_trial(resident, facts[:k], facts[:k], base, cfg))
+    rows.append(
+        {
+            "step": f"run_trial, {k} facts",
+            "s": seconds,
+            "peak_gib": peak,
+            "planned_gib": planned(min(k, cfg.batch_size), 1),
+        }
+    )
+    pack = settings.study_pack
+    say(f"study code: a pack of {pack} single-fact trials (run_packed_trials) ...")
+    chosen = facts[:pack]
+    _, seconds, peak = _measured(
+        settings.device,
+        lambda: run_packed_trials(lm, chosen, [cfg] * pack, base, resident.embedder),
+    )
+    rows.append(
+        {
+            "step": f"run_packed_trials, {pack} trials",
+            "s": seconds,
+            "peak_gib": peak,
+            "planned_gib": planned(min(pack, DEFAULT_MICRO_BATCH), pack),
+        }
+    )
+    return rows
+
+
+def cuda_against_cpu(settings: CheckSettings, model_dir: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """The embedded shape's greedy answers and target losses on the check's device in its precision against
+    float32 on the CPU, over 16 facts."""
+    say(f"{settings.device} against cpu: greedy answers and target losses ...")
+    facts = bench_facts(16)
+    runs = {}
+    for device in (settings.device, "cpu"):
+        lm = load_model(model_dir, dtype=resolve_dtype("auto", device), device=device)
+        records = base_records(lm, facts)
+        batch = encode_targets(lm, [f.prompt for f in facts], [f.target for f in facts])
+        with torch.no_grad():
+            losses = per_example_loss(target_logits(lm.model, batch.to(lm.device)).float(), batch.labels.to(lm.device))
+        runs[device] = ([r["y_old"] for r in records], losses.cpu().double())
+        del lm
+    (answers, losses), (cpu_answers, cpu_losses) = runs[settings.device], runs["cpu"]
+    relative = ((losses - cpu_losses).abs() / cpu_losses.abs()).max().item()
+    return {
+        "facts": len(facts),
+        "same_answers": sum(a == b for a, b in zip(answers, cpu_answers)) / len(facts),
+        "max_loss_relative_diff": relative,
+        "tolerance": BF16_LOSS_TOLERANCE,
+        "within": relative <= BF16_LOSS_TOLERANCE,
+    }
+
+
 def run_check(settings: CheckSettings, source: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """Every measurement of the check; the JSON-ready summary."""
     started = time.perf_counter()
@@ -354,6 +495,8 @@ def run_check(settings: CheckSettings, source: Path, say: Callable[[str], None])
         peak = embedded["matmul_gflops"]
         big = big_packed_steps(settings, peak, say)
         ds = deepspeed_step(settings, model_dir, bench_facts(settings.deepspeed_facts), peak, say)
+        agreement = cuda_against_cpu(settings, model_dir, say)
+        study = study_code(settings, source, say)
     wall = time.perf_counter() - started
     best_big = max(r["mfu"] for r in big)
     return {
@@ -364,6 +507,8 @@ def run_check(settings: CheckSettings, source: Path, say: Callable[[str], None])
         "embedded": embedded,
         "llama7b": big,
         "deepspeed": ds,
+        "study": study,
+        "agreement": agreement,
         "goals": {
             "packed_speedup": {
                 "goal": GOAL_SPEEDUP,
@@ -448,6 +593,18 @@ def render(summary: dict[str, Any]) -> Table:
             "",
             "",
         )
+    for row in summary["study"]:
+        memory = "" if row["peak_gib"] is None else f", peak {row['peak_gib']:.2f} GiB"
+        plan = "" if row["planned_gib"] is None else f"plan: tensors {row['planned_gib']:.2f} GiB"
+        table.add_row(f"study code: {row['step']}", f"{row['s']:.1f} s{memory}", "", plan, "")
+    agree = summary["agreement"]
+    table.add_row(
+        f"{summary['device']} against cpu, {agree['facts']} facts",
+        f"same answers {agree['same_answers']:.0%}, losses within {agree['max_loss_relative_diff']:.2%}",
+        "",
+        f"losses ≤ {agree['tolerance']:.0%} apart",
+        met(agree["within"]),
+    )
     budget = f"≤ {BUDGET_S // 60} min"
     table.add_row("whole check", f"{summary['wall_s']:.0f} s", "", budget, met(summary["within_budget"]))
     return table

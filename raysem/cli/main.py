@@ -13,7 +13,9 @@ from raysem.models.catalog import DEFAULT_MODEL, EMBEDDED_MODELS, ModelError
 app = typer.Typer(
     help="Knowledge learning with PEFT, measured by target semantic distance, on Ray.", no_args_is_help=True
 )
-model_app = typer.Typer(help="Models: pull the embedded default.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Models: pull the embedded default, list the catalogue, check a model.", no_args_is_help=True
+)
 study_app = typer.Typer(help="Studies on Ray Tune.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(study_app, name="study")
@@ -52,12 +54,20 @@ def study_run(
     raise typer.Exit(job_main(argv=argv + (["--address", address] if address else [])))
 
 
+def _model_commands() -> None:
+    from raysem.cli.model import model_check, model_list
+
+    model_app.command("list")(model_list)
+    model_app.command("check")(model_check)
+
+
 def _study_plan() -> None:
     from raysem.cli.plan import plan
 
     study_app.command("plan")(plan)
 
 
+_model_commands()
 _study_plan()
 
 

@@ -24,14 +24,17 @@ AdamW moments, divided over the workers as its ZeRO stage shards them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from raysem.data.facts import Fact
 from raysem.errors import SpecError
 from raysem.models.device import planned_dtype
+from raysem.models.loader import LoadedModel
 from raysem.service.planning import count_trials
 from raysem.service.spec import StudySpec
 from raysem.training.config import TrialConfig
@@ -166,7 +169,7 @@ def fact_tokens(spec: StudySpec, notes: list[str]) -> Tokens:
     from transformers import AutoTokenizer
 
     from raysem.data.datasets import load_facts
-    from raysem.models.loader import LoadedModel, local_model_path, pull_model
+    from raysem.models.loader import local_model_path, pull_model
 
     local = local_model_path(spec.model)
     if local is None:
@@ -174,7 +177,11 @@ def fact_tokens(spec: StudySpec, notes: list[str]) -> Tokens:
     tokenizer = AutoTokenizer.from_pretrained(local or pull_model())
     lm = LoadedModel(model=None, tokenizer=tokenizer, name=spec.model, chat=tokenizer.chat_template is not None)
     lm.prompting = spec.prompting
-    facts = load_facts(spec.dataset, limit=min(spec.data_limit or PLAN_FACTS, PLAN_FACTS)).facts
+    return tokens_of(lm, load_facts(spec.dataset, limit=min(spec.data_limit or PLAN_FACTS, PLAN_FACTS)).facts)
+
+
+def tokens_of(lm: LoadedModel, facts: Sequence[Fact]) -> Tokens:
+    """Mean token counts of ``facts`` as ``lm`` prompts them (its tokenizer and prompting; no weights needed)."""
     prompts = [len(lm.tokenizer(lm.format_prompt(f.prompt), add_special_tokens=False).input_ids) for f in facts]
     targets = [lm.answer_budget(f.prompt, f.target) for f in facts]
     locality = [len(f.locality) for f in facts]
@@ -189,7 +196,7 @@ def trainable_params(model: nn.Module, cfg: TrialConfig) -> int:
     from raysem.training.packed import is_target_module
 
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    targets = [m for n, m in linears if is_target_module(n, cfg.target_modules)]
+    targets = [m for n, m in linears if is_target_module(n, cfg.targets(model))]
     config = model.config
     if cfg.method in ("lora", "adalora"):
         return sum(cfg.rank * (m.in_features + m.out_features) for m in targets)

@@ -59,7 +59,7 @@ def trial_params(
     group = ",".join(f"{n}={point[n]}" for n in sorted(point)) or "base"
     return {
         **{k2: v for k2, v in cfg_dump.items() if k2 not in ("target_modules",)},
-        "target_modules": ",".join(cfg_dump.get("target_modules", ())),
+        "target_modules": ",".join(cfg_dump.get("target_modules") or ()) or "peft default",
         **filt,
         "k": k,
         "sampling": sampling,

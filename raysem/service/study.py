@@ -19,6 +19,8 @@ import pandas as pd
 from ray import tune
 
 from raysem.data.facts import Fact, FactSet
+from raysem.errors import SpecError
+from raysem.models.catalog import ModelError
 from raysem.models.device import planned_dtype
 from raysem.service import tracking
 from raysem.service.estimate import TABLE_BATCH, check_fit
@@ -42,6 +44,17 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 class ResourceError(RuntimeError):
     """The Ray cluster cannot offer what a study's trials ask for."""
+
+
+def check_model(spec: StudySpec) -> None:
+    """Refuse, before any unit, a model whose family raysem has no architecture entry for (from its config)."""
+    from raysem.models.architectures import architecture_of
+    from raysem.models.loader import shape_config
+
+    try:
+        architecture_of(shape_config(spec.model))
+    except ModelError as exc:
+        raise SpecError(f"model: {exc}") from None
 
 
 def check_resources(spec: StudySpec) -> None:
@@ -78,16 +91,22 @@ def base_table(spec: StudySpec, factset: FactSet, needed: list[Fact]) -> pd.Data
         if path.is_file():
             return load_distance_table(path)
     actors = max(1, min(spec.max_concurrent, math.ceil(len(needed) / TABLE_BATCH)))
-    print(f"raysem: base answers of {len(needed)} facts: a Ray Data job on {actors} x {spec.resources.bundle()}")
-    table, _ = distance_table_ray(
-        spec.model,
-        used,
-        batch_size=TABLE_BATCH,
-        actors=actors,
-        prompting=spec.prompting,
-        resources=spec.resources.bundle(),
-        dtype=dtype,
-    )
+    bundle = spec.resources.bundle()
+    print(f"raysem: base answers of {len(needed)} facts: a Ray Data job on {actors} x {bundle}")
+    try:
+        table, _ = distance_table_ray(
+            spec.model,
+            used,
+            batch_size=TABLE_BATCH,
+            actors=actors,
+            prompting=spec.prompting,
+            resources=bundle,
+            dtype=dtype,
+        )
+    except Exception as exc:  # Ray Data wraps the actor's own error (a reserved GPU torch cannot see, ...)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if "Error:" in line), lines[-1] if lines else repr(exc))
+        raise ResourceError(f"the base-answer job on {bundle} failed: {reason}") from exc
     return table
 
 
@@ -121,6 +140,7 @@ def run_study(
         else:
             init_local_ray()
     check_resources(spec)
+    check_model(spec)
     check_fit(spec)
     check_storage(
         spec.storage_path,

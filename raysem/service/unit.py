@@ -184,6 +184,11 @@ def run_unit(config: dict[str, Any], context: StudyContext) -> dict[str, float]:
             "phase": phase,
             "fingerprint": context.fingerprint or "none",
             **(_WORKER.get("params", {}) if cfg.method != "full" else {}),  # DeepSpeed's workers place themselves
+            **(
+                {"lora_targets": ",".join(cfg.targets(_resident(spec).lm.model))}
+                if cfg.method in ("lora", "adalora")
+                else {}
+            ),
         }
         logged.append((key, params, result, error))
         if not error:

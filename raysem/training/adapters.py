@@ -1,8 +1,10 @@
 """Houlsby et al. (2019) bottleneck adapters for decoder-only transformers, attached with forward hooks.
 
-Each decoder block gets two adapters: one on the output of the attention sublayer (``self_attn.o_proj``)
-and one on the output of the feed-forward sublayer (``mlp.down_proj``), both before the block's
-residual addition. An adapter maps ``h`` to ``h + up(act(down(h)))``; ``up`` starts at zero, so a
+Each decoder block gets two adapters: one on the output of the attention sublayer and one on the output
+of the feed-forward sublayer, both before the block's residual addition. Where those are depends on the
+family (``raysem.models.architectures``): Llama, Mistral and Qwen2 ``self_attn.o_proj`` and
+``mlp.down_proj``; BLOOM ``self_attention.dense`` and ``mlp.dense_4h_to_h``; GPT-NeoX ``attention.dense``
+and ``mlp.dense_4h_to_h``. An adapter maps ``h`` to ``h + up(act(down(h)))``; ``up`` starts at zero, so a
 freshly attached adapter is the identity. The adapters live outside the model's module tree (a
 forward hook applies each one), so the model's parameters, buffers and state dict are untouched and
 removing the hooks restores the base model exactly.
@@ -14,8 +16,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-SUBLAYER_OUTPUTS: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
-"""Modules (relative to a decoder block) whose outputs are the attention and feed-forward sublayer outputs."""
+from raysem.models.architectures import architecture_of
 
 
 class BottleneckAdapter(nn.Module):
@@ -36,11 +37,14 @@ class BottleneckAdapter(nn.Module):
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a causal LM (``model.get_decoder().layers``)."""
+    """The decoder blocks of a causal LM (``model.get_decoder().<blocks>`` of its architecture)."""
+    arch = architecture_of(model)
     get_decoder = getattr(model, "get_decoder", None)
-    blocks = getattr(get_decoder(), "layers", None) if callable(get_decoder) else None
+    blocks = getattr(get_decoder(), arch.blocks, None) if callable(get_decoder) else None
     if not isinstance(blocks, nn.ModuleList):
-        raise TypeError(f"{type(model).__name__}: cannot find the decoder blocks (expected get_decoder().layers)")
+        raise TypeError(
+            f"{type(model).__name__}: cannot find the decoder blocks (expected get_decoder().{arch.blocks})"
+        )
     return blocks
 
 
@@ -51,8 +55,9 @@ class HoulsbyAdapters:
         param = next(model.parameters())
         self.modules = nn.ModuleDict()
         self._handles: list[RemovableHandle] = []
+        arch = architecture_of(model)
         for index, block in enumerate(decoder_blocks(model)):
-            for path in SUBLAYER_OUTPUTS:
+            for path in (arch.attention_output, arch.mlp_output):
                 target = block.get_submodule(path)
                 hidden = getattr(target, "out_features", None)
                 if hidden is None:

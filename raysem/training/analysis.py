@@ -11,17 +11,18 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from raysem.models.architectures import architecture_of, query_rows
 from raysem.models.loader import LoadedModel
 from raysem.training.adapters import decoder_blocks
 
-_Q_PROJ = re.compile(r"(?:^|\.)(\d+)\.self_attn\.q_proj$")
-
 
 def lora_query_layers(model: nn.Module) -> dict[int, LoraLayer]:
-    """The LoRA-wrapped ``self_attn.q_proj`` modules of a model (peft-injected or a PeftModel), by layer index."""
+    """The LoRA-wrapped query projections of a model (peft-injected or a PeftModel), by layer index: its
+    architecture's ``query`` module (``self_attn.q_proj``, or a fused ``query_key_value``)."""
+    pattern = re.compile(rf"(?:^|\.)(\d+)\.{re.escape(architecture_of(model).query)}$")
     found = {}
     for name, module in model.named_modules():
-        match = _Q_PROJ.search(name)
+        match = pattern.search(name)
         if match and isinstance(module, LoraLayer):
             found[int(match.group(1))] = module
     return found
@@ -48,9 +49,10 @@ def frobenius_analysis(model_with_lora: nn.Module, layer: int = -1, seed: int = 
     of W itself, or a random orthonormal pair (seeded); ``proj_*_fro`` are ``‖Uᵀ W V‖_F`` for each
     pair and ``amplification = ‖ΔW‖_F / ‖Uᵀ W V‖_F`` with ΔW's own directions. Computed in float64.
     """
+    arch = architecture_of(model_with_lora)
     layers = lora_query_layers(model_with_lora)
     if not layers:
-        raise ValueError("the model has no LoRA-wrapped self_attn.q_proj layers")
+        raise ValueError(f"the model has no LoRA-wrapped {arch.query} layers")
     index = layer + len(decoder_blocks(model_with_lora)) if layer < 0 else layer
     if index not in layers:
         raise ValueError(f"layer {layer} has no LoRA-wrapped q_proj; wrapped layers: {sorted(layers)}")
@@ -58,8 +60,9 @@ def frobenius_analysis(model_with_lora: nn.Module, layer: int = -1, seed: int = 
     adapter = module.active_adapters[0]
     rank = int(module.r[adapter])
     with torch.no_grad():
-        delta = module.get_delta_weight(adapter).detach().double().cpu()
-        weight = module.get_base_layer().weight.detach().double().cpu()
+        heads = model_with_lora.config.num_attention_heads
+        delta = query_rows(module.get_delta_weight(adapter).detach().double().cpu(), arch, heads)
+        weight = query_rows(module.get_base_layer().weight.detach().double().cpu(), arch, heads)
     u_d, v_d = _top_singular(delta, rank)
     u_w, v_w = _top_singular(weight, rank)
     generator = torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,7 +25,9 @@ class TrialConfig(BaseModel):
     rank: int = Field(8, ge=1, description="LoRA / AdaLoRA final rank")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps packed and unpacked trials identical)")
-    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), description="modules LoRA / AdaLoRA wrap")
+    target_modules: tuple[str, ...] | None = Field(
+        None, description="modules LoRA / AdaLoRA wrap; None: peft's default for the model's architecture"
+    )
     adapter_size: int = Field(64, ge=1, description="Houlsby adapter bottleneck width")
     optimizer: Optimizer = Field(
         "adamw",
@@ -60,6 +62,20 @@ class TrialConfig(BaseModel):
             if method in DEFAULT_LR:
                 return {**data, "lr": DEFAULT_LR[method]}
         return data
+
+    def targets(self, model: Any) -> tuple[str, ...]:
+        """The modules LoRA / AdaLoRA wrap in ``model``: ``target_modules``, or peft's default for its family."""
+        from raysem.models.architectures import ArchitectureError, architecture_of, peft_targets
+
+        if self.target_modules:
+            return self.target_modules
+        family = architecture_of(model).family
+        if self.method == "adalora":
+            try:
+                return peft_targets(family, "adalora")
+            except ArchitectureError:  # peft's AdaLoRA mapping lacks families its LoRA mapping has (Mistral)
+                pass
+        return peft_targets(family, "lora")
 
 
 PACK_SHARED_EXEMPT = ("seed", "gamma")

@@ -34,14 +34,11 @@ class ModelShape:
         decoder = model.get_decoder()
         linears = [(n, m) for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
         config = model.config
+        targets = cfg.targets(model)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(
             linear=sum(m.in_features * m.out_features for _, m in linears),
-            lora=sum(
-                cfg.rank * (m.in_features + m.out_features)
-                for n, m in linears
-                if is_target_module(n, cfg.target_modules)
-            ),
+            lora=sum(cfg.rank * (m.in_features + m.out_features) for n, m in linears if is_target_module(n, targets)),
             layers=config.num_hidden_layers,
             attn_width=config.num_attention_heads * head_dim,
             hidden=config.hidden_size,

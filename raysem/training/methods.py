@@ -87,9 +87,9 @@ class PeftAttachment(Attachment):
     def __init__(self, model: nn.Module, cfg: TrialConfig) -> None:
         super().__init__(model, cfg.method)
         if cfg.method == "lora":
-            self.tuner = LoraModel(model, lora_config(cfg), ADAPTER_NAME)
+            self.tuner = LoraModel(model, lora_config(cfg, model), ADAPTER_NAME)
         elif cfg.method == "adalora":
-            self.tuner = AdaLoraModel(model, adalora_config(cfg), ADAPTER_NAME)
+            self.tuner = AdaLoraModel(model, adalora_config(cfg, model), ADAPTER_NAME)
         elif cfg.method == "ia3":
             self.tuner = IA3Model(model, ia3_config(), ADAPTER_NAME)
         else:
@@ -154,23 +154,23 @@ class FullAttachment(Attachment):
         self._snapshot.clear()
 
 
-def lora_config(cfg: TrialConfig) -> LoraConfig:
+def lora_config(cfg: TrialConfig, model: nn.Module) -> LoraConfig:
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=list(cfg.targets(model)),
         bias="none",
     )
 
 
-def adalora_config(cfg: TrialConfig) -> AdaLoraConfig:
+def adalora_config(cfg: TrialConfig, model: nn.Module) -> AdaLoraConfig:
     return AdaLoraConfig(
         target_r=cfg.rank,
         init_r=adalora_initial_rank(cfg.rank),
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=list(cfg.targets(model)),
         orth_reg_weight=ADALORA_ORTH_REG_WEIGHT,
         **adalora_schedule(cfg.steps),
     )

@@ -445,7 +445,7 @@ def run_packed_trials(
         raise ValueError(f"{len(ids)} trial ids for {len(facts)} trials")
     check_base(facts, base)
     start = time.perf_counter()
-    packed = attach_packed_lora(lm.model, [c.seed for c in cfgs], cfg.rank, cfg.alpha, cfg.target_modules)
+    packed = attach_packed_lora(lm.model, [c.seed for c in cfgs], cfg.rank, cfg.alpha, cfg.targets(lm.model))
     try:
         run = train_packed(lm, packed, facts, cfgs, base, micro_batch, autocast)
         trained = [k for k in range(len(facts)) if k not in run.failed]

@@ -196,10 +196,21 @@ def test_trials_land_on_their_pools_and_a_lost_a100_node_fails_the_full_finetune
     )
 
 
-def test_a_unit_that_reserved_a_gpu_cuda_cannot_see_stops_with_a_clear_error(tmp_path, tiny_model_dir, cluster):
-    """A node offers a (simulated) GPU, which Ray assigns to the unit, but torch sees no CUDA: the unit stops
-    before any trial, naming the GPU and the way out, instead of training on the node's CPU."""
+def test_a_unit_that_reserved_a_gpu_cuda_cannot_see_stops_with_a_clear_error(
+    tmp_path, tiny_model_dir, cluster, monkeypatch
+):
+    """A node offers a (simulated) GPU, which Ray assigns to the unit, but torch sees no CUDA: the base-answer
+    job on the unit's bundle stops, and with the table cached the unit stops before any trial; each names the
+    GPU and the way out, instead of running on the node's CPU."""
+    import torch
+
+    from raysem.models.loader import load_model
+    from raysem.semantics.tables import distance_table
     from raysem.service.interrupt import StudyInterrupted
+    from raysem.service.planning import study_facts
+    from raysem.service.study import ResourceError
+
+    monkeypatch.setenv("RAYSEM_HOME", str(tmp_path / "home"))  # an empty table cache
 
     sim, _ = cluster
     gpu_node = sim.add_node(num_cpus=1, num_gpus=1, resources={"gpupool": 1})
@@ -215,6 +226,12 @@ def test_a_unit_that_reserved_a_gpu_cuda_cannot_see_stops_with_a_clear_error(tmp
                 sampling={"k": 2, "n_samplings": 1},
                 failure={"max_failures": 0},
             )
+        )
+        with pytest.raises(ResourceError, match=r"the base-answer job on .*'GPU': 1\.0.* failed: .*reserved GPU \[0\]"):
+            run_study(spec, address=sim.address)
+        # the table the units would read (bfloat16: the precision a unit with a GPU computes in), made here
+        distance_table(
+            load_model(str(tiny_model_dir), dtype=torch.bfloat16, prompting=spec.prompting), study_facts(spec)[0]
         )
         with pytest.raises(StudyInterrupted, match=r"1 errored past failure\.max_failures.*reserved GPU"):
             run_study(spec, address=sim.address)
@@ -243,6 +260,7 @@ def test_a_missing_table_is_computed_on_the_pool_and_the_driver_never_loads_the_
         monkeypatch.setattr(module, "load_model", refuse)
     monkeypatch.setenv("RAYSEM_HOME", str(tmp_path / "home"))  # an empty table cache
     sim, nodes = cluster
+    earlier = {a.actor_id for a in list_actors(address=sim.address, limit=10000)}  # other tests' on this cluster
     spec = load_spec(cluster_spec(tmp_path, tiny_model_dir, "table-on-pool", sampling={"k": 2, "n_samplings": 2}))
     run_study(spec, address=sim.address)
     exactly_once(spec.tracking.uri, spec.experiment, count_trials(spec))
@@ -250,5 +268,9 @@ def test_a_missing_table_is_computed_on_the_pool_and_the_driver_never_loads_the_
     made = load_distance_table(table).attrs["raysem"]
     assert made["computed_by"].startswith("ray-data (1 actors of {'CPU': 1.0, 'pool': 1.0}") and made["facts"] == 4
     assert made["dtype"] == "float32"
-    actors = [a for a in list_actors(address=sim.address, detail=True, limit=10000) if "BaseRecords" in a.class_name]
+    actors = [
+        a
+        for a in list_actors(address=sim.address, detail=True, limit=10000)
+        if "BaseRecords" in a.class_name and a.actor_id not in earlier
+    ]
     assert actors and {a.node_id for a in actors} == {nodes["pool"].node_id}, actors

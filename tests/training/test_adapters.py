@@ -65,6 +65,8 @@ def test_removal_restores_outputs_and_state_dict(tiny):
     assert torch.equal(_logits(tiny), before_logits)
 
 
-def test_adapters_need_decoder_blocks():
-    with pytest.raises(TypeError, match="decoder blocks"):
+def test_adapters_need_a_known_architecture():
+    from raysem.models.architectures import ArchitectureError
+
+    with pytest.raises(ArchitectureError, match="model type None is not supported"):
         HoulsbyAdapters(torch.nn.Linear(2, 2), size=2)

@@ -45,6 +45,13 @@ def test_dry_run_without_the_missing_packages(tmp_path):
     assert [row["k"] for row in summary["llama7b"]] == [2] and summary["llama7b"][0]["mfu"] > 0
     assert summary["deepspeed"]["skipped"].startswith("deepspeed is not importable")
     assert set(summary["goals"]) == {"packed_speedup", "packed_mfu", "llama7b_mfu"}
+    # the study's own functions, as a unit calls them, with the plan's estimate beside the trials
+    steps = [row["step"] for row in summary["study"]]
+    assert steps == ["ResidentModel", "base records, 4 facts", "run_trial, 4 facts", "run_packed_trials, 2 trials"]
+    assert all(row["s"] > 0 for row in summary["study"])
+    assert [row["planned_gib"] is not None for row in summary["study"]] == [False, False, True, True]
+    agreement = summary["agreement"]  # cpu against cpu in a dry run: identical
+    assert agreement["same_answers"] == 1.0 and agreement["max_loss_relative_diff"] == 0.0 and agreement["within"]
     for text in (
         "naive, 1 trials",
         "packed K=2",
@@ -52,6 +59,8 @@ def test_dry_run_without_the_missing_packages(tmp_path):
         "≥ 50% MFU",
         "skipped: deepspeed",
         "whole check",
+        "study code: run_packed_trials, 2 trials",
+        "cpu against cpu, 16 facts",
     ):
         assert text in proc.stdout
     assert wall < 180, f"the dry run took {wall:.0f} s"  # 42–88 s measured on 2 cores shared with a running study

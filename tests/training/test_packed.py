@@ -77,7 +77,7 @@ def assert_trained_alike(got: torch.Tensor, want: torch.Tensor, cfg: TrialConfig
 def peft_trial(lm, fact: Fact, cfg: TrialConfig, base: dict):
     """One single-fact LoRA trial through PEFT with the shared training semantics; the PEFT model stays attached."""
     torch.manual_seed(cfg.seed)
-    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules), lora_dropout=0.0)
+    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.targets(lm.model)), lora_dropout=0.0)
     model = get_peft_model(lm.model, config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
