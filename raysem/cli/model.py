@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import typer
-from torch import nn
 
 
 def model_list() -> None:
@@ -24,6 +23,7 @@ def model_list() -> None:
 
 def describe(name: str) -> dict[str, Any]:
     """What ``raysem model check`` prints: the config, tokenizer and a meta-device model only."""
+    from torch import nn
     from transformers import AutoTokenizer
 
     from raysem.models.architectures import architecture_of, peft_targets

@@ -23,7 +23,7 @@ from raysem.report.stats import (
     difference_ci,
     paired_difference,
 )
-from raysem.semantics.embedding import distance_band
+from raysem.semantics.embedding import distance_band, reweight_coefficient
 from raysem.training.analysis import pca
 
 BIN_EDGES = np.arange(11) / 10
@@ -379,6 +379,23 @@ def gamma_effect(
                 row[m] = paired_delta(base, at, m)
             deltas.append(row)
     return pd.DataFrame(levels), pd.DataFrame(deltas)
+
+
+EXTREME_LAMBDA = 0.25
+"""λ_i above which a fact counts as extreme-distance in Table 3's split: dist_old below ≈ 0.27 or above ≈ 0.73."""
+
+
+def accuracy_by_lambda(records: pd.DataFrame) -> pd.DataFrame:
+    """Per trial (``run_id``): exact match among its extreme-distance facts (λ_i > ``EXTREME_LAMBDA``, the
+    facts the re-weighted loss weighs most) and among the rest, with each side's fact count."""
+    lam = records["dist_old"].astype(float).map(reweight_coefficient)
+    extreme = lam > EXTREME_LAMBDA
+    exact = records["exact_match"].astype(float)
+    out = {}
+    for name, rows in (("extreme", extreme), ("medium", ~extreme)):
+        grouped = exact[rows].groupby(records["run_id"][rows])
+        out[f"accuracy_{name}"], out[f"facts_{name}"] = grouped.mean(), grouped.size()
+    return pd.DataFrame(out)
 
 
 def filter_effect(trials: pd.DataFrame, group_cols: Sequence[str], metric: str = "accuracy") -> pd.DataFrame:

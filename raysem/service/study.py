@@ -78,10 +78,15 @@ def check_resources(spec: StudySpec) -> None:
             )
 
 
+WHOLE_TABLE_FACTS = 256
+"""A dataset of at most this many facts is tabled whole (once; every later study on it reads the cache)."""
+
+
 def base_table(spec: StudySpec, factset: FactSet, needed: list[Fact]) -> pd.DataFrame:
     """The base records the units score against: the whole dataset's cached table when there is one (it
     covers every sampled fact), else the used facts' table. A missing table is computed as a Ray Data job
-    on the units' own resources (their GPU share) and precision, so that the driver never loads the model."""
+    on the units' own resources (their GPU share) and precision, so that the driver never loads the model:
+    for the whole dataset when it is small (``WHOLE_TABLE_FACTS``), else for the used facts."""
     from raysem.semantics.tables import distance_table_ray, load_distance_table, table_path
 
     dtype = planned_dtype(spec.precision, gpu=spec.resources.gpu > 0)
@@ -90,13 +95,14 @@ def base_table(spec: StudySpec, factset: FactSet, needed: list[Fact]) -> pd.Data
         path = table_path(spec.model, source, spec.prompting, dtype)
         if path.is_file():
             return load_distance_table(path)
-    actors = max(1, min(spec.max_concurrent, math.ceil(len(needed) / TABLE_BATCH)))
+    source = factset if len(factset.facts) <= WHOLE_TABLE_FACTS else used
+    actors = max(1, min(spec.max_concurrent, math.ceil(len(source.facts) / TABLE_BATCH)))
     bundle = spec.resources.bundle()
-    print(f"raysem: base answers of {len(needed)} facts: a Ray Data job on {actors} x {bundle}")
+    print(f"raysem: base answers of {len(source.facts)} facts: a Ray Data job on {actors} x {bundle}")
     try:
         table, _ = distance_table_ray(
             spec.model,
-            used,
+            source,
             batch_size=TABLE_BATCH,
             actors=actors,
             prompting=spec.prompting,

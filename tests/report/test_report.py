@@ -311,6 +311,26 @@ def test_tables_3_4_paired_delta_and_levels(study):
     )
 
 
+def test_table3_split_by_lambda_from_the_records(study):
+    """Each trial's exact match within its extreme-λ facts and within the rest, paired γ = 1 against γ = 0."""
+    from raysem.semantics.embedding import reweight_coefficient
+
+    store, summary, md, *_, trials = study
+
+    def split(key: str) -> tuple[float, float]:
+        records = trials[key]["records"]
+        extreme = records["dist_old"].map(reweight_coefficient) > 0.25
+        return records["exact_match"][extreme].mean(), records["exact_match"][~extreme].mean()
+
+    pairs = [s for s in (0, 1, 2, 3, 9) if f"gamma0-s{s}" in trials and f"gamma1-s{s}" in trials]
+    by_side = [[split(f"gamma{g}-s{s}") for s in pairs] for g in (0, 1)]
+    (row,) = _table(md, "Table 3 by λ.")
+    assert row["Pairs"] == str(len(pairs)) and row["γ"] == "1"
+    for side, column in ((0, "Δ extreme (pp)"), (1, "Δ medium (pp)")):
+        delta = 100 * np.nanmean([b[side] - a[side] for a, b in zip(*by_side)])
+        assert row[column].startswith(f"{delta:+.2f} ["), (column, row[column], delta)
+
+
 def test_figure_data_and_other_tables(study):
     store, summary, md, *_, trials = study
     # Figure 3 pools the facts of plain multi-fact trials per distance bin.
