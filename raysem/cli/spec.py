@@ -27,8 +27,11 @@ def check(
     ),
 ) -> None:
     """Validate a spec as a study would before Ray starts (every grid point, search bound, quick override and
-    packing rule; a unit's memory against its GPU share when the spec declares ``resources.gpu_memory_gb``),
+    packing rule; the model's architecture and, under ``chat``, its chat template; a unit's memory against
+    its GPU share when the spec declares ``resources.gpu_memory_gb``),
     and print its trials and Tune units as JSON. Exit 2 with the field named when it is bad."""
+    from raysem.models.catalog import ModelError
+    from raysem.models.loader import check_model
     from raysem.service.estimate import check_fit
     from raysem.service.job import parse_sets
     from raysem.service.planning import count_trials, expand_units
@@ -36,7 +39,11 @@ def check(
 
     try:
         loaded = load_spec(spec, quick=quick, overrides=parse_sets(sets))
+        check_model(loaded.model, loaded.prompt_style)
         check_fit(loaded)
+    except ModelError as exc:
+        typer.echo(f"raysem: spec error: model: {exc}", err=True)
+        raise typer.Exit(2) from None
     except SpecError as exc:
         typer.echo(f"raysem: spec error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -207,6 +207,17 @@ def local_model_path(name_or_path: str) -> str | None:
     return str(Path(cached).parent) if isinstance(cached, str) else None
 
 
+def check_model(name_or_path: str, prompt_style: str) -> None:
+    """``ModelError`` for a model whose family has no architecture entry (from its config alone), or for
+    ``prompt_style`` chat on a model whose tokenizer (when it is on this machine) has no chat template."""
+    from raysem.models.architectures import architecture_of
+
+    architecture_of(shape_config(name_or_path))
+    local = local_model_path(name_or_path) if prompt_style == "chat" else None
+    if local and AutoTokenizer.from_pretrained(local).chat_template is None:
+        raise ModelError(f"the tokenizer of {name_or_path} has no chat template for prompt_style chat; use fewshot")
+
+
 def shape_config(name_or_path: str) -> AutoConfig:
     """A model's config for planning: from this machine when it is here, from the catalogue for the paper's
     models (no download), else from the hub."""

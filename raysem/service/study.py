@@ -47,12 +47,11 @@ class ResourceError(RuntimeError):
 
 
 def check_model(spec: StudySpec) -> None:
-    """Refuse, before any unit, a model whose family raysem has no architecture entry for (from its config)."""
-    from raysem.models.architectures import architecture_of
-    from raysem.models.loader import shape_config
+    """Refuse, before any unit, a model raysem cannot run as the spec asks (``models.loader.check_model``)."""
+    from raysem.models.loader import check_model as check
 
     try:
-        architecture_of(shape_config(spec.model))
+        check(spec.model, spec.prompt_style)
     except ModelError as exc:
         raise SpecError(f"model: {exc}") from None
 

@@ -200,3 +200,26 @@ def test_model_check_on_a_bloom_folder_and_a_gpt2_folder(family_dir, tmp_path, s
     )
     out = CliRunner().invoke(app, ["model", "check", str(tmp_path / "gpt2")])
     assert out.exit_code == 2 and "model type 'gpt2' is not supported" in out.output
+
+
+def test_chat_prompting_needs_the_tokenizers_chat_template(family_dir, tmp_path, smol):
+    """A study (and `raysem spec check`) refuses prompt_style chat on a model without a chat template."""
+    import shutil
+
+    from raysem.models.catalog import ModelError
+    from raysem.models.loader import check_model
+
+    family, folder = family_dir
+    if family != "llama":
+        pytest.skip("one family is enough for the tokenizer rule")
+    check_model(str(folder), "chat")  # SmolLM2's tokenizer has a template
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (bare / name).unlink(missing_ok=True)
+    tokenizer = smol.tokenizer.__class__.from_pretrained(bare)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(bare)
+    with pytest.raises(ModelError, match="has no chat template for prompt_style chat; use fewshot"):
+        check_model(str(bare), "chat")
+    check_model(str(bare), "fewshot")
