@@ -23,8 +23,19 @@ QUESTIONS = [
 BUDGETS = [3, 7, 1, 5, 7, 2, 4]
 
 
+_ALONE: dict[tuple[str, str, int], list[int]] = {}
+
+
 def alone(lm, question: str, budget: int) -> list[int]:
-    """The greedy tokens for one prompt, through ``generate`` on its full, unpadded prompt (no cache given)."""
+    """The greedy tokens for one prompt, through ``generate`` on its full, unpadded prompt (no cache given);
+    computed once per prompt style, question and budget (the batched variants compare against the same)."""
+    key = (lm.prompting.style, question, budget)
+    if key not in _ALONE:
+        _ALONE[key] = _generate_alone(lm, question, budget)
+    return _ALONE[key]
+
+
+def _generate_alone(lm, question: str, budget: int) -> list[int]:
     ids = lm.tokenizer(lm.format_prompt(question), return_tensors="pt", add_special_tokens=False)
     out = lm.model.generate(
         **ids,
