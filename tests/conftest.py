@@ -156,13 +156,15 @@ def start_mlflow_server(folder: Path, port: int):
 
 
 LONGEST_FIRST = (
-    "service/test_study.py",
+    "service/test_study_resume.py",
     "service/test_multinode.py",
     "training/test_full_finetune.py",
     "service/test_chaos.py",
     "training/test_packed.py",
-    "service/test_job_submit.py",
     "training/test_trial.py",
+    "service/test_study.py",
+    "service/test_job_submit.py",
+    "models/test_generate.py",
     "service/test_tracking.py",
 )
 """Test files by how long they take, longest first (measured on 2 cores)."""

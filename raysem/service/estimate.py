@@ -318,12 +318,9 @@ def weight_passes(work: Work, tokens: Tokens) -> float:
     """Passes over the base weights one unit of ``work`` makes: three per training micro-batch (forward,
     backward), and per evaluation batch of ``EVAL_ROWS`` rows a prefill, one per decoded token and the loss's
     forward. Small batches of a 7B model are bound by these reads, not by their FLOPs."""
-
     micro = math.ceil(work.trials / DEFAULT_MICRO_BATCH) if work.packed else 1
-    k = work.k if not work.packed else 1
-    rows = work.trials * k * (1 + tokens.probes)
-    cfg: TrialConfig = work.cfg
-    return cfg.steps * micro * 3 + math.ceil(rows / EVAL_ROWS) * (max(1, round(tokens.target)) + 2)
+    rows = work.trials * (1 if work.packed else work.k) * (1 + tokens.probes)
+    return work.cfg.steps * micro * 3 + math.ceil(rows / EVAL_ROWS) * (max(1, round(tokens.target)) + 2)
 
 
 def base_flops(shape: Any, facts: int, tokens: Tokens) -> float:

@@ -28,31 +28,13 @@ from raysem.training.packed import run_packed_trials
 from raysem.training.trial import ResidentModel, run_trial
 
 HEADS = 4
+LLAMA_LIKE = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=2
+)
 CONFIGS = {
-    "llama": lambda v: LlamaConfig(
-        vocab_size=v,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        num_key_value_heads=2,
-    ),
-    "mistral": lambda v: MistralConfig(
-        vocab_size=v,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        num_key_value_heads=2,
-    ),
-    "qwen2": lambda v: Qwen2Config(
-        vocab_size=v,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        num_key_value_heads=2,
-    ),
+    "llama": lambda v: LlamaConfig(vocab_size=v, **LLAMA_LIKE),
+    "mistral": lambda v: MistralConfig(vocab_size=v, **LLAMA_LIKE),
+    "qwen2": lambda v: Qwen2Config(vocab_size=v, **LLAMA_LIKE),
     "bloom": lambda v: BloomConfig(vocab_size=v, hidden_size=32, n_layer=2, n_head=HEADS),
     "gpt_neox": lambda v: GPTNeoXConfig(
         vocab_size=v,
