@@ -23,14 +23,12 @@ def model_list() -> None:
 
 def describe(name: str) -> dict[str, Any]:
     """What ``raysem model check`` prints: the config, tokenizer and a meta-device model only."""
-    from torch import nn
     from transformers import AutoTokenizer
 
     from raysem.models.architectures import architecture_of, peft_targets
     from raysem.models.loader import LoadedModel, local_model_path
     from raysem.service.estimate import meta_model, trainable_params
     from raysem.training.config import TrialConfig
-    from raysem.training.packed import is_target_module
 
     model = meta_model(name)
     arch = architecture_of(model)
@@ -38,25 +36,16 @@ def describe(name: str) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     methods: dict[str, dict[str, Any]] = {}
     for method in ("lora", "adalora", "ia3"):
-        targets = peft_targets(arch.family, method)
-        if method == "ia3":  # a scaling vector per target: over its inputs for a feed-forward module
-            feedforward = peft_targets(arch.family, "ia3_feedforward")
-            count = sum(
-                m.in_features if is_target_module(n, feedforward) else m.out_features
-                for n, m in model.named_modules()
-                if isinstance(m, nn.Linear) and is_target_module(n, targets)
-            )
-        else:
-            count = trainable_params(model, TrialConfig(method=method, target_modules=targets))
-        methods[method] = {"modules": list(targets), "trainable": int(count), "source": "peft's mapping"}
-    adapter = TrialConfig(method="adapter")
+        methods[method] = {
+            "modules": list(
+                peft_targets(arch.family, "ia3") if method == "ia3" else TrialConfig(method=method).targets(model)
+            ),
+            "trainable": trainable_params(model, TrialConfig(method=method)),
+            "source": "peft's mapping",
+        }
     methods["adapter"] = {
         "modules": [arch.attention_output, arch.mlp_output],
-        "trainable": int(
-            config.num_hidden_layers
-            * 2
-            * (2 * config.hidden_size * adapter.adapter_size + adapter.adapter_size + config.hidden_size)
-        ),
+        "trainable": trainable_params(model, TrialConfig(method="adapter")),
         "source": "Houlsby: after each block's attention and feed-forward output projections",
     }
     methods["full"] = {"modules": ["every weight"], "trainable": int(params), "source": "DeepSpeed ZeRO"}

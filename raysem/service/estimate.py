@@ -192,18 +192,30 @@ def tokens_of(lm: LoadedModel, facts: Sequence[Fact]) -> Tokens:
 
 def trainable_params(model: nn.Module, cfg: TrialConfig) -> int:
     """Parameters one trial trains (LoRA / AdaLoRA: ``rank·(in + out)`` per target linear; adapters: two
-    bottleneck projections per layer; IA3: a vector per target; full: all)."""
+    bottleneck projections with biases, twice per layer; IA³: a vector per peft target, over a feed-forward
+    target's inputs and another's outputs; full: all)."""
+    from raysem.models.architectures import architecture_of, peft_targets
     from raysem.training.packed import is_target_module
 
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    targets = [m for n, m in linears if is_target_module(n, cfg.targets(model))]
     config = model.config
     if cfg.method in ("lora", "adalora"):
-        return sum(cfg.rank * (m.in_features + m.out_features) for m in targets)
+        targets = cfg.targets(model)
+        return sum(cfg.rank * (m.in_features + m.out_features) for n, m in linears if is_target_module(n, targets))
     if cfg.method == "adapter":
-        return config.num_hidden_layers * 2 * (2 * config.hidden_size * cfg.adapter_size)
+        return (
+            config.num_hidden_layers
+            * 2
+            * (2 * config.hidden_size * cfg.adapter_size + cfg.adapter_size + config.hidden_size)
+        )
     if cfg.method == "ia3":
-        return sum(m.out_features for m in targets)
+        family = architecture_of(model).family
+        targets, feedforward = peft_targets(family, "ia3"), peft_targets(family, "ia3_feedforward")
+        return sum(
+            m.in_features if is_target_module(n, feedforward) else m.out_features
+            for n, m in linears
+            if is_target_module(n, targets)
+        )
     return sum(p.numel() for p in model.parameters())
 
 
