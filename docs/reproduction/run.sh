@@ -45,8 +45,13 @@ declare -A STUDY=(
   # Figure 3 for a second method, and for COUNTERFACT
   [adapter]="accuracy_vs_distance accuracy-vs-distance --set sampling.n_samplings=10 --set sweep.method.grid=[adapter] --set trial.lr=null"
   [counterfact]="accuracy_vs_distance accuracy-vs-distance-counterfact --set name=accuracy-vs-distance-counterfact --set dataset=counterfact --set sampling.n_samplings=10 --set sweep.method.grid=[lora]"
+  # ---- second round (docs/reproduction/plan.md, committed before these runs) ----
+  # Finding 4 where γ can act: single facts under plain SGD (no clipping), where (1 + γλ_i) scales the step.
+  # Calibration at γ = 0 on 50 fresh single facts; the point closest to 50% accuracy (inside 20–80%) is the
+  # primary's trial.lr and trial.steps.
+  [f4_calibration]="calibration f4-calibration --set name=f4-calibration --set tracking.experiment=f4-calibration --set trial.optimizer=sgd --set sampling.k=1 --set sampling.n_samplings=50 --set sampling.seed=11 --set sampling.per_k={\"1\":50} --set sweep.k.grid=[1] --set sweep.lr.grid=[0.03,0.1,0.3,1.0,3.0] --set sweep.steps.grid=[5,10] --set exclude=[] --set pack_size=25"
 )
-ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact)
+ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086

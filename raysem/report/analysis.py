@@ -8,6 +8,7 @@ without data filtering, which is what the paper's analysis figures use.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -163,35 +164,108 @@ def accuracy_by_distance(records: pd.DataFrame, group_cols: Sequence[str]) -> pd
     return binned_rate(records, "exact_match", group_cols)
 
 
-def band_contrast(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
-    """Figure 3's claim in numbers: exact-match accuracy in Table 5's bands (short [0.1, 0.3), medium
-    [0.3, 0.6), long [0.6, 1.0], on distances clipped to [0, 1]) and below them ([0, 0.1)), and the
-    differences of each from medium, pooled over facts with a CI over trials (a resampled trial brings
-    all its bands). One row per group, with facts per band."""
+NUMBER_OR_DATE = re.compile(
+    r"\d|\b(january|february|march|april|may|june|july|august|september|october|november|december)\b", re.I
+)
+TARGET_KINDS = ("number or date", "entity")
+"""Figure 3's strata: a target with a digit or a month's name is a number or a date, any other an entity."""
+
+
+def target_kind(target: str) -> str:
+    """``TARGET_KINDS``' label of one target."""
+    return TARGET_KINDS[0] if NUMBER_OR_DATE.search(str(target)) else TARGET_KINDS[1]
+
+
+def _part_contrast(
+    frame: pd.DataFrame, group_cols: Sequence[str], parts: Sequence[str], reference: str, metric: str
+) -> list[dict[str, Any]]:
+    """Per group: ``metric`` pooled over the facts of each part (column ``_part``) with a CI over trials, the
+    facts per part, and each other part's difference from ``reference`` (a resampled trial brings all its parts)."""
+    frame = frame[frame["_part"].isin(parts) & frame[metric].notna()]
+    rows = []
+    for key, part in _group_keys(frame, group_cols):
+        table = part.pivot_table(index="run_id", columns="_part", values=metric, aggfunc=["sum", "count"])
+        hits = table["sum"].reindex(columns=list(parts), fill_value=0.0).fillna(0.0)
+        counts = table["count"].reindex(columns=list(parts), fill_value=0).fillna(0)
+        row: dict[str, Any] = {**dict(zip(group_cols, key)), "n_trials": len(hits)}
+        for name in parts:
+            row[name] = bootstrap_ratio_ci(hits[name], counts[name])
+            row[f"n_{name}"] = int(counts[name].sum())
+        for name in parts:
+            if name != reference:
+                row[f"{name}_minus_{reference}"] = bootstrap_ratio_difference_ci(
+                    hits[reference], counts[reference], hits[name], counts[name]
+                )
+        rows.append(row)
+    return rows
+
+
+def band_contrast(records: pd.DataFrame, group_cols: Sequence[str], metric: str = "exact_match") -> pd.DataFrame:
+    """Figure 3's claim in numbers: ``metric`` in Table 5's bands (short [0.1, 0.3), medium [0.3, 0.6), long
+    [0.6, 1.0], on distances clipped to [0, 1]) and below them ([0, 0.1)), and the differences of each from
+    medium, pooled over facts with a CI over trials (a resampled trial brings all its bands). One row per
+    group, with facts per band."""
     if records.empty:
         return pd.DataFrame()
     clipped = records["dist_old"].clip(0.0, 1.0)
     frame = records.assign(
-        _band=[("below" if d < 0.1 else distance_band(d)) if not math.isnan(d) else "none" for d in clipped]
+        _part=[("below" if d < 0.1 else distance_band(d)) if not math.isnan(d) else "none" for d in clipped]
     )
-    frame = frame[frame["_band"].ne("none") & frame["exact_match"].notna()]
-    rows = []
-    for key, part in _group_keys(frame, group_cols):
-        hits = part.pivot_table(index="run_id", columns="_band", values="exact_match", aggfunc="sum", fill_value=0.0)
-        counts = part.pivot_table(index="run_id", columns="_band", values="exact_match", aggfunc="count", fill_value=0)
-        hits, counts = (
-            hits.reindex(columns=["below", *BANDS], fill_value=0.0),
-            counts.reindex(columns=["below", *BANDS], fill_value=0),
-        )
-        row: dict[str, Any] = {**dict(zip(group_cols, key)), "n_trials": len(hits)}
-        for band in ("below", *BANDS):
-            row[band] = bootstrap_ratio_ci(hits[band], counts[band])
-            row[f"n_{band}"] = int(counts[band].sum())
-        for band in ("below", "short", "long"):
-            row[f"{band}_minus_medium"] = bootstrap_ratio_difference_ci(
-                hits["medium"], counts["medium"], hits[band], counts[band]
+    return pd.DataFrame(_part_contrast(frame, group_cols, ("below", *BANDS), "medium", metric))
+
+
+DECILE_PARTS = {"bottom": (0,), "middle": (3, 4, 5, 6), "top": (9,)}
+"""Figure 3's model-relative bins: deciles (0-based) of the model's own dist_old; the ends against the middle 40%."""
+
+
+def decile_contrast(
+    records: pd.DataFrame, group_cols: Sequence[str], scale_cols: Sequence[str], metric: str = "exact_match"
+) -> pd.DataFrame:
+    """Figure 3 in model-relative bins: the deciles of dist_old over the distinct facts (``fact_id``) of each
+    ``scale_cols`` group (one model on one dataset: its own scale of distances, not Table 5's absolute
+    bands), and ``metric`` in the bottom decile and the top decile against the middle 40% (deciles 4–7),
+    as ``band_contrast`` pools and resamples them. Each row carries its scale's cut points (``q10``,
+    ``q30``, ``q70``, ``q90``)."""
+    if records.empty:
+        return pd.DataFrame()
+    frames = []
+    for _, part in _group_keys(records[records["dist_old"].notna()], scale_cols):
+        facts = part.drop_duplicates("fact_id")["dist_old"].to_numpy(dtype=float)
+        edges = np.quantile(facts, np.arange(1, 10) / 10)
+        decile = np.searchsorted(edges, part["dist_old"].to_numpy(dtype=float), side="right")
+        names = {d: name for name, deciles in DECILE_PARTS.items() for d in deciles}
+        frames.append(
+            part.assign(
+                _part=[names.get(int(d), "other") for d in decile],
+                q10=edges[0],
+                q30=edges[2],
+                q70=edges[6],
+                q90=edges[8],
             )
-        rows.append(row)
+        )
+    if not frames:
+        return pd.DataFrame()
+    frame = pd.concat(frames)
+    rows = _part_contrast(frame, [*group_cols, "q10", "q30", "q70", "q90"], tuple(DECILE_PARTS), "middle", metric)
+    return pd.DataFrame(rows)
+
+
+def clipped_distances(records: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Per group: distinct facts with a distance, how many of their dist_old exceed 1 (clipped to 1 for bins
+    and weights), and the same for the trained answers' dist_new (per record)."""
+    rows = []
+    for key, part in _group_keys(records, group_cols):
+        old = part.drop_duplicates("fact_id")["dist_old"].dropna()
+        new = part["dist_new"].dropna()
+        rows.append(
+            {
+                **dict(zip(group_cols, key)),
+                "n_old": len(old),
+                "clipped_old": int((old > 1).sum()),
+                "n_new": len(new),
+                "clipped_new": int((new > 1).sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -3,7 +3,13 @@
 CAPTIONS: dict[str, str] = {
     "fig3.1": ("Figure 3: accuracy per target-distance bin (top) and facts per bin (bottom)."),
     "fig3.2": (
-        "Figure 3 in the paper's bands (Table 5: short [0.1, 0.3), medium [0.3, 0.6), long [0.6, 1.0]; below 0.1 apart): accuracy (%) with facts in brackets, and the differences from medium in points, 95% CIs over trials. The paper's claim is that short and long are both below medium."
+        "Figure 3 in the paper's bands (Table 5: short [0.1, 0.3), medium [0.3, 0.6), long [0.6, 1.0]; below 0.1 apart): accuracy (%) with facts in brackets, and the differences from medium in points, 95% CIs over trials. The paper's claim is that short and long are both below medium. Targets are split by kind (a digit or a month's name: number or date; else entity); token accuracy beside exact match."
+    ),
+    "fig3.3": (
+        "Figure 3 in model-relative bins: the deciles of this model's own dist(y_old, y_t) over the distinct facts of the panel's trials (cut points q10 / q30–q70 / q90), the bottom and the top decile against the middle 40% (deciles 4–7): the paper's shape on this model's own scale of distances, not Table 5's absolute bands (which were set on LLaMA2). Same pooling and intervals."
+    ),
+    "fig3.4": (
+        "Distances above 1 (cosine distances reach 2): clipped to 1 for the bins, the bands and the loss weights; raw values kept in the records. dist_old counts distinct facts, dist_new every trained answer."
     ),
     "fig4_table1.1": (
         "A fact deviates when dist(y_new, y_t) > dist(y_old, y_t). RD = (dist_new − dist_old) / dist_old is undefined where dist_old = 0 and such facts are left out of the RD mean. A bad case has accuracy < 1 or dist(y_new, y_t) > 0. A bad case whose y_new is empty has no distance: it stays among the bad cases but cannot count as a deviation, so the column 'Empty y_new' says how many bad cases could not be measured (the deviation share is a lower bound by that many)."

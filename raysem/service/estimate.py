@@ -414,6 +414,11 @@ def plan_study(
     gpu_hours = wall = None
     if gpu_type and gpus:
         per_unit = max(share, worker_share * full[0].cfg.num_workers if full else 0)
+        if per_unit <= 0:
+            raise PlanError(
+                f"{spec.name}: GPU time asked ({gpus} x {gpu_type.name}) but its units reserve no GPU "
+                "(resources.gpu is 0); set resources.gpu, or plan without --gpu / --cluster"
+            )
         concurrent = max(1, min(spec.max_concurrent, int(gpus / per_unit)))
         weight_bytes = sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
         compute, read = gpu_type.peak_tflops * 1e12 * mfu, gpu_type.memory_gbps * 1e9

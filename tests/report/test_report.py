@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from raysem.cli.report import report_app
+from raysem.report.analysis import target_kind
 from raysem.report.build import ReportError, build_report
 from raysem.training.results import trial_aggregates
 
@@ -340,7 +341,12 @@ def test_figure_data_and_other_tables(study):
     assert row["Facts"] == str(len(in_bin))
     assert row["Accuracy (%)"].startswith(f"{100 * in_bin['exact_match'].mean():.2f}")
     # ... and in the paper's bands, with the differences from medium.
-    (bands,) = _table(md, "Figure 3 in the paper's bands")
+    bands_rows = _table(md, "Figure 3 in the paper's bands")
+    kinds = ["all", *sorted(set(plain["target"].map(target_kind)))]
+    assert sorted((r["Targets"], r["Metric"]) for r in bands_rows) == sorted(
+        (kind, metric) for kind in kinds for metric in ("exact match", "token accuracy")
+    )
+    bands = next(r for r in bands_rows if (r["Targets"], r["Metric"]) == ("all", "exact match"))
     dist = plain["dist_old"].clip(0, 1)
     medium, long = plain[(dist >= 0.3) & (dist < 0.6)], plain[dist >= 0.6]
     assert bands["medium"].startswith(f"{100 * medium['exact_match'].mean():.2f} [") and bands["medium"].endswith(
@@ -348,6 +354,19 @@ def test_figure_data_and_other_tables(study):
     )
     diff = 100 * (long["exact_match"].mean() - medium["exact_match"].mean())
     assert bands["long − medium"].startswith(f"{diff:+.2f}")
+    tokens = next(r for r in bands_rows if (r["Targets"], r["Metric"]) == ("all", "token accuracy"))
+    assert tokens["medium"].startswith(f"{100 * medium['token_accuracy'].mean():.2f} [")
+    # ... and in deciles of the model's own distances over the distinct facts: the ends against the middle 40%.
+    edges = np.quantile(plain.drop_duplicates("fact_id")["dist_old"], np.arange(1, 10) / 10)
+    decile = np.searchsorted(edges, plain["dist_old"], side="right")
+    bottom, middle, top = plain[decile == 0], plain[(decile >= 3) & (decile <= 6)], plain[decile == 9]
+    deciles = next(r for r in _table(md, "Figure 3 in model-relative bins") if r["Targets"] == "all")
+    assert deciles["Cut points"].startswith(f"< {edges[0]:.3f} / {edges[2]:.3f}–{edges[6]:.3f}")
+    assert deciles["middle 40%"].endswith(f"({len(middle)})") and deciles["top 10%"].endswith(f"({len(top)})")
+    diff = 100 * (bottom["exact_match"].mean() - middle["exact_match"].mean())
+    assert deciles["bottom − middle"].startswith(f"{diff:+.2f}")
+    (clipped,) = _table(md, "Distances above 1")
+    assert clipped["dist_new > 1"].startswith(f"{int((plain['dist_new'] > 1).sum())} (")
     # Table 2: the four γ = 0 trials with a Frobenius analysis, split into distance thirds;
     # the constant ‖W_q‖_F appears in every third that holds trials.
     w_row = next(r for r in _table(md, "Table 2") if r["Norm"] == "‖W_q‖_F")
@@ -490,6 +509,33 @@ def test_band_contrast_pools_facts_per_band_and_differences_from_medium():
     assert row["short_minus_medium"].estimate == pytest.approx(0.5 - 2 / 3)
     assert row["long_minus_medium"].estimate == pytest.approx(1 / 3 - 2 / 3)
     assert row["below_minus_medium"].estimate == pytest.approx(1 - 2 / 3)
+
+
+def test_decile_contrast_cuts_the_models_own_distances_and_targets_have_kinds():
+    from raysem.report.analysis import decile_contrast
+
+    # 20 distinct facts at 0.00, 0.05, ..., 0.95: deciles of two facts each; the middle 40% is 0.30–0.65.
+    # Run r1 holds facts 0–9, run r2 facts 10–19 and fact 0 again (a fact sampled twice counts once for the cuts).
+    dist = np.arange(20) * 0.05
+    hit = np.zeros(20)
+    hit[[0, 6, 7, 8]] = 1.0  # bottom: 0.00 hit, 0.05 miss; middle (facts 6–13): 3 of 8; top (18, 19): none
+    records = pd.DataFrame(
+        {
+            "run_id": ["r1"] * 10 + ["r2"] * 11,
+            "fact_id": [*range(20), 0],
+            "dist_old": [*dist, 0.0],
+            "exact_match": [*hit, 0.0],
+            "panel": "p",
+        }
+    )
+    (row,) = decile_contrast(records, [], ["panel"]).to_dict("records")
+    assert row["q10"] == pytest.approx(0.095) and row["q90"] == pytest.approx(0.855)
+    assert (row["n_bottom"], row["n_middle"], row["n_top"], row["n_trials"]) == (3, 8, 2, 2)
+    assert row["bottom"].estimate == pytest.approx(1 / 3) and row["middle"].estimate == pytest.approx(3 / 8)
+    assert row["bottom_minus_middle"].estimate == pytest.approx(1 / 3 - 3 / 8)
+    assert row["top_minus_middle"].estimate == pytest.approx(-3 / 8)
+    kinds = [target_kind(t) for t in ("1987", "March", "3 km", "Mayor of Paris", "Paris", "May 1990")]
+    assert kinds == ["number or date"] * 3 + ["entity"] * 2 + ["number or date"]
 
 
 def test_param_importances_find_the_parameter_that_matters():

@@ -106,6 +106,10 @@ def test_plan_json_time_and_gpu_hours(tmp_path):
     assert plan["units_per_gpu"] == int(80 // plan["unit"]["total"])
     # 4 packs on 4 GPUs at once: the wall time is the GPU-hours over 4 (one GPU a unit)
     assert plan["wall_hours"] < plan["gpu_hours"] and plan["gpu_hours"] > plan["flops"] / (312e12 * 0.3) / 3600
+    out = CliRunner().invoke(
+        app, ["study", "plan", str(path), "--set", "resources={cpu: 2, gpu: 0}", "--gpu", "a100-80gb", "--gpus", "1"]
+    )
+    assert out.exit_code == 2 and "its units reserve no GPU (resources.gpu is 0)" in out.output, out.output
 
 
 def test_weight_passes_count_micro_batches_and_evaluation_batches(tmp_path):

@@ -46,31 +46,64 @@ def fig3(ctx: Context) -> Section | str:
     )
     sec.blocks.append(ctx.figure("fig3", path, CAPTIONS["fig3.1"]))
     sec.blocks.append(binned_table(binned, "Figure 3 data: accuracy per distance bin (%)."))
-    bands = an.band_contrast(records, ["panel", "series"])
-    rows = [
-        [
-            r["panel"],
-            r["series"],
-            *(f"{pct(r[b])} ({r[f'n_{b}']})" for b in ("below", *an.BANDS)),
-            *(fmt_ci(r[f"{b}_minus_medium"], PCT, signed=True) for b in ("below", "short", "long")),
-        ]
-        for _, r in bands.iterrows()
-    ]
+    records = records.assign(kind=records["target"].map(an.target_kind))
+    strata = [("all", records), *((kind, records[records["kind"] == kind]) for kind in an.TARGET_KINDS)]
+    band_rows, decile_rows = [], []
+    for metric, name in (("exact_match", "exact match"), ("token_accuracy", "token accuracy")):
+        for kind, part in strata:
+            for _, r in an.band_contrast(part, ["panel", "series"], metric).iterrows():
+                band_rows.append(
+                    [
+                        r["panel"],
+                        r["series"],
+                        kind,
+                        name,
+                        *(f"{pct(r[b])} ({r[f'n_{b}']})" for b in ("below", *an.BANDS)),
+                        *(fmt_ci(r[f"{b}_minus_medium"], PCT, signed=True) for b in ("below", "short", "long")),
+                    ]
+                )
+            for _, r in an.decile_contrast(part, ["panel", "series"], ["panel"], metric).iterrows():
+                decile_rows.append(
+                    [
+                        r["panel"],
+                        r["series"],
+                        kind,
+                        name,
+                        f"< {r['q10']:.3f} / {r['q30']:.3f}–{r['q70']:.3f} / ≥ {r['q90']:.3f}",
+                        *(f"{pct(r[b])} ({r[f'n_{b}']})" for b in an.DECILE_PARTS),
+                        *(fmt_ci(r[f"{b}_minus_middle"], PCT, signed=True) for b in ("bottom", "top")),
+                    ]
+                )
+    head = ["Panel", "Series", "Targets", "Metric"]
     sec.blocks.append(
         Table(
             CAPTIONS["fig3.2"],
+            [*head, "[0, 0.1)", "short", "medium", "long", "[0, 0.1) − medium", "short − medium", "long − medium"],
+            band_rows,
+        )
+    )
+    sec.blocks.append(
+        Table(
+            CAPTIONS["fig3.3"],
+            [*head, "Cut points", "bottom 10%", "middle 40%", "top 10%", "bottom − middle", "top − middle"],
+            decile_rows,
+        )
+    )
+    clipped = an.clipped_distances(records, ["panel"])
+    sec.blocks.append(
+        Table(
+            CAPTIONS["fig3.4"],
+            ["Panel", "Facts", "dist_old > 1", "Trained answers", "dist_new > 1"],
             [
-                "Panel",
-                "Series",
-                "[0, 0.1)",
-                "short",
-                "medium",
-                "long",
-                "[0, 0.1) − medium",
-                "short − medium",
-                "long − medium",
+                [
+                    r["panel"],
+                    str(r["n_old"]),
+                    f"{r['clipped_old']} ({r['clipped_old'] / max(r['n_old'], 1):.1%})",
+                    str(r["n_new"]),
+                    f"{r['clipped_new']} ({r['clipped_new'] / max(r['n_new'], 1):.1%})",
+                ]
+                for _, r in clipped.iterrows()
             ],
-            rows,
         )
     )
     return sec
