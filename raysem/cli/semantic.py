@@ -101,6 +101,7 @@ def filter_command(
     size: int = typer.Option(..., "--size", min=1, help="|K|: facts drawn (with --seed) as the training set."),
     replace: float = typer.Option(..., "--replace", help="ρ: share of K to replace, in [0, 1]."),
     lam: float = typer.Option(0.0, "--lambda", help="λ ≥ 0: weight of the variance in μ - λ·σ²."),
+    sigma: str = typer.Option("variance", "--sigma", help="Eq. 4's σ: variance (μ - λ·σ², default) or std (μ - λ·σ)."),
     mean_min: float | None = typer.Option(None, "--mean-min", help="Mean_min: the filtered set's mean must exceed it."),
     mean_max: float | None = typer.Option(
         None, "--mean-max", help="Mean_max: the filtered set's mean must stay below it."
@@ -132,9 +133,16 @@ def filter_command(
     args = (train_ids, [dist[i] for i in train_ids], pool_ids, [dist[i] for i in pool_ids])
     try:
         if random_baseline:
-            result = random_filter(*args, replace=replace, seed=seed, lam=lam)
+            result = random_filter(*args, replace=replace, seed=seed, lam=lam, sigma=sigma)  # type: ignore[arg-type]
         else:
-            result = greedy_filter(*args, replace=replace, lam=lam, mean_min=mean_min, mean_max=mean_max)
+            result = greedy_filter(
+                *args,
+                replace=replace,
+                lam=lam,
+                mean_min=mean_min,
+                mean_max=mean_max,
+                sigma=sigma,  # type: ignore[arg-type]
+            )
     except ValueError as exc:
         _fail(str(exc))
     if as_json:
@@ -143,6 +151,7 @@ def filter_command(
             "size": size,
             "replace": replace,
             "lambda": lam,
+            "sigma": sigma,
             "mean_min": mean_min,
             "mean_max": mean_max,
             "seed": seed,

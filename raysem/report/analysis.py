@@ -53,6 +53,7 @@ CONFIG_COLUMNS = (
     "gamma",
     "filter_mode",
     "filter_lambda",
+    "filter_sigma",
     "replace",
     "mean_min",
     "mean_max",
@@ -88,7 +89,7 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-SHORT_NAMES = {"gamma": "γ", "replace": "ρ", "filter_mode": "selection", "filter_lambda": "λ"}
+SHORT_NAMES = {"gamma": "γ", "replace": "ρ", "filter_mode": "selection", "filter_lambda": "λ", "filter_sigma": "σ"}
 NAME_COLUMNS = ("dataset", "model", "method")
 """Columns whose values are shown bare in labels (they are names, not settings)."""
 

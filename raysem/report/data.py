@@ -54,6 +54,7 @@ PARAM_TYPES: dict[str, type] = {
     "model": str,
     "filter_mode": str,
     "filter_lambda": float,
+    "filter_sigma": str,
     "replace": float,
     "mean_min": float,
     "mean_max": float,

@@ -1,7 +1,8 @@
 """The semantic-distance data filter (Eq. 4) and its random-replacement baseline.
 
 For a training set K drawn from a pool S, the filter minimises ``μ(K) - λ·σ²(K)`` of the target
-distances (σ² the population variance) subject to ``Mean_min < μ(K) < Mean_max`` by greedy swaps:
+distances (σ² the population variance; ``sigma="std"`` reads the paper's σ as the standard deviation
+instead: ``μ(K) - λ·σ(K)``) subject to ``Mean_min < μ(K) < Mean_max`` by greedy swaps:
 each step removes one original member of K and adds one unused pool fact, choosing the pair that
 gives the best objective for the resulting set, until ``round(ρ·|K|)`` members have been replaced
 (halves round up). A replaced member never comes back and an added fact is never removed again.
@@ -9,7 +10,8 @@ gives the best objective for the resulting set, until ``round(ρ·|K|)`` members
 The swap search is exact and cheap. With running sums ``S1 = Σd`` and ``S2 = Σd²`` over the n
 members, swapping out ``d_r`` and in ``x`` gives ``μ' = (S1 - d_r + x)/n`` and
 ``σ²' = (S2 - d_r² + x²)/n - μ'²``, so for a fixed removal the objective is a quadratic in ``x``
-with leading coefficient ``-λ(n-1)/n² ≤ 0``: concave. Its minimum over the pool facts allowed by
+with leading coefficient ``-λ(n-1)/n² ≤ 0``: concave (and with σ, ``-λ·sqrt`` of a non-negative
+convex quadratic, the negated norm of an affine map: concave too). Its minimum over the pool facts allowed by
 the bounds (a contiguous run of the sorted pool, since μ' is increasing in x) lies at the run's
 smallest or largest value, and when no pool fact is allowed the least violation lies at the value
 nearest the allowed interval. Each step therefore evaluates a handful of candidates per member
@@ -27,9 +29,12 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+Sigma = Literal["variance", "std"]
+"""How Eq. 4 reads σ: the set's variance (σ², the default) or its standard deviation."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,20 @@ def replacement_count(size: int, replace: float) -> int:
     return int(math.floor(replace * size + 0.5))
 
 
-def set_stats(dist: Sequence[float] | np.ndarray, lam: float = 0.0) -> dict[str, float]:
-    """Mean, population variance and the objective ``mean - λ·var`` of a set's target distances."""
+def spread(var: np.ndarray | float, sigma: Sigma) -> np.ndarray | float:
+    """The term λ multiplies: the variance itself, or its square root."""
+    if sigma == "variance":
+        return var
+    if sigma == "std":
+        return np.sqrt(var)
+    raise ValueError(f"sigma must be 'variance' or 'std', got {sigma!r}")
+
+
+def set_stats(dist: Sequence[float] | np.ndarray, lam: float = 0.0, sigma: Sigma = "variance") -> dict[str, float]:
+    """Mean, population variance and the objective ``mean - λ·var`` (``mean - λ·std``) of a set's target distances."""
     values = np.asarray(dist, dtype=np.float64)
     mean, var = float(values.mean()), float(values.var())
-    return {"mean": mean, "var": var, "objective": mean - lam * var}
+    return {"mean": mean, "var": var, "objective": mean - lam * float(spread(var, sigma))}
 
 
 def _bounds_text(mean_min: float | None, mean_max: float | None) -> str:
@@ -176,7 +190,14 @@ def _completion_sums(
 
 
 def _best_swap(
-    values: np.ndarray, removable: np.ndarray, pool: np.ndarray, remaining: int, lam: float, lo: float, hi: float
+    values: np.ndarray,
+    removable: np.ndarray,
+    pool: np.ndarray,
+    remaining: int,
+    lam: float,
+    lo: float,
+    hi: float,
+    sigma: Sigma,
 ) -> tuple[int, int]:
     """The (slot, sorted pool index) of the best swap, ranked by: the bounds can still be met after
     the ``remaining`` later swaps; the resulting set meets them; its violation; its objective."""
@@ -200,7 +221,7 @@ def _best_swap(
     x = pool[cand]
     mean = (rest1[:, None] + x) / n
     var = np.maximum((rest2[:, None] + np.square(x)) / n - np.square(mean), 0.0)
-    objective = mean - lam * var
+    objective = mean - lam * spread(var, sigma)
     violation = np.maximum(np.maximum(lo - mean, mean - hi), 0.0)
     infeasible = ~((mean > lo) & (mean < hi))
     if bounded:
@@ -222,14 +243,17 @@ def greedy_filter(
     lam: float,
     mean_min: float | None = None,
     mean_max: float | None = None,
+    sigma: Sigma = "variance",
 ) -> FilterResult:
     """Eq. 4 by greedy swaps: replace ``round(ρ·|K|)`` members of K by pool facts, minimising
-    ``μ - λ·σ²`` subject to ``Mean_min < μ < Mean_max`` (either bound may be omitted).
+    ``μ - λ·σ²`` (``μ - λ·σ`` with ``sigma="std"``) subject to ``Mean_min < μ < Mean_max`` (either
+    bound may be omitted).
 
     Raises ``ValueError`` for λ < 0, Mean_min >= Mean_max, ρ outside [0, 1], more replacements than
     usable pool facts, bounds that no reachable set meets, or a final set outside the bounds.
     """
     lam = _check_lambda(lam)
+    spread(0.0, sigma)
     lo, hi = _check_bounds(mean_min, mean_max)
     ids, k_dist, p_ids, p_dist, excluded, count = _prepare(train_ids, train_dist, pool_ids, pool_dist, replace)
     n = len(ids)
@@ -240,7 +264,7 @@ def greedy_filter(
             f"{_bounds_text(mean_min, mean_max)}: reachable means span [{reach_lo:.6g}, {reach_hi:.6g}]"
         )
 
-    before = set_stats(k_dist, lam)
+    before = set_stats(k_dist, lam, sigma)
     values = k_dist.copy()
     slot_ids = list(ids)
     removable = np.ones(n, dtype=bool)
@@ -250,7 +274,7 @@ def greedy_filter(
     removed: list[str] = []
     added: list[str] = []
     for step in range(1, count + 1):
-        slot, pick = _best_swap(values, removable, pool_sorted, count - step, lam, lo, hi)
+        slot, pick = _best_swap(values, removable, pool_sorted, count - step, lam, lo, hi, sigma)
         removed.append(slot_ids[slot])
         added.append(pool_sorted_ids[pick])
         slot_ids[slot] = pool_sorted_ids[pick]
@@ -258,9 +282,9 @@ def greedy_filter(
         removable[slot] = False
         pool_sorted = np.delete(pool_sorted, pick)
         del pool_sorted_ids[pick]
-        trace.append({"step": step, "removed": removed[-1], "added": added[-1], **set_stats(values, lam)})
+        trace.append({"step": step, "removed": removed[-1], "added": added[-1], **set_stats(values, lam, sigma)})
 
-    after = set_stats(values, lam)
+    after = set_stats(values, lam, sigma)
     if not lo < after["mean"] < hi:
         raise ValueError(
             f"the greedy swaps ended with mean {after['mean']:.6g}, which breaks "
@@ -287,10 +311,11 @@ def random_filter(
     replace: float,
     seed: int,
     lam: float = 0.0,
+    sigma: Sigma = "variance",
 ) -> FilterResult:
     """The baseline: replace ``round(ρ·|K|)`` random members of K by random unused pool facts.
 
-    ``lam`` only sets how the reported objective is computed, so it can be compared with the greedy one.
+    ``lam`` and ``sigma`` only set how the reported objective is computed, so it can be compared with the greedy one.
     """
     lam = _check_lambda(lam)
     ids, k_dist, p_ids, p_dist, excluded, count = _prepare(train_ids, train_dist, pool_ids, pool_dist, replace)
@@ -303,12 +328,12 @@ def random_filter(
     for step, (slot, pick) in enumerate(zip(out_slots.tolist(), in_picks.tolist()), start=1):
         removed_id = slot_ids[slot]
         slot_ids[slot], values[slot] = p_ids[pick], p_dist[pick]
-        trace.append({"step": step, "removed": removed_id, "added": p_ids[pick], **set_stats(values, lam)})
+        trace.append({"step": step, "removed": removed_id, "added": p_ids[pick], **set_stats(values, lam, sigma)})
     return FilterResult(
         train_ids=slot_ids,
         trace=trace,
-        before=set_stats(k_dist, lam),
-        after=set_stats(values, lam),
+        before=set_stats(k_dist, lam, sigma),
+        after=set_stats(values, lam, sigma),
         method="random",
         removed=[t["removed"] for t in trace],
         added=[t["added"] for t in trace],
@@ -328,6 +353,7 @@ def replace_training_set(
     mean_min: float | None = None,
     mean_max: float | None = None,
     seed: int = 0,
+    sigma: Sigma = "variance",
 ) -> FilterResult:
     """A trial's training set: K filtered by Eq. 4 (``mode="filter"``) or with members replaced at random
     (``mode="random"``).
@@ -345,8 +371,8 @@ def replace_training_set(
     dist = [d for d, ok in zip(train_dist, defined) if ok]
     if mode == "filter":
         result = greedy_filter(
-            ids, dist, pool_ids, pool_dist, replace=replace, lam=lam, mean_min=mean_min, mean_max=mean_max
+            ids, dist, pool_ids, pool_dist, replace=replace, lam=lam, mean_min=mean_min, mean_max=mean_max, sigma=sigma
         )
     else:
-        result = random_filter(ids, dist, pool_ids, pool_dist, replace=replace, seed=seed, lam=lam)
+        result = random_filter(ids, dist, pool_ids, pool_dist, replace=replace, seed=seed, lam=lam, sigma=sigma)
     return FilterResult(**{**asdict(result), "train_ids": [*result.train_ids, *kept], "kept_undefined": kept})

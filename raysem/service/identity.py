@@ -57,7 +57,7 @@ def study_identity(spec: StudySpec, dataset_sha256: str) -> dict[str, Any]:
         "sampling_seed": spec.sampling.seed,
         "confirm_seed": spec.search.confirm.seed if spec.search.confirm else None,
         "trial": spec.trial_config().model_dump(mode="json"),
-        "filter": spec.filter.model_dump(mode="json"),
+        "filter": spec.filter.identity(),
         "precision": spec.precision,
     }
 

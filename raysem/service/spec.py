@@ -29,7 +29,7 @@ STUDY_KINDS = (
     "sweep",
     "quick",
 )
-FILTER_FIELDS = ("filter_mode", "filter_lambda", "replace", "mean_min", "mean_max")
+FILTER_FIELDS = ("filter_mode", "filter_lambda", "filter_sigma", "replace", "mean_min", "mean_max")
 SAMPLING_FIELDS = ("k",)
 
 
@@ -100,9 +100,20 @@ class Filter(BaseModel):
 
     filter_mode: Literal["none", "filter", "random"] = "none"
     filter_lambda: float = Field(0.0, ge=0)
+    filter_sigma: Literal["variance", "std"] = Field(
+        "variance", description="Eq. 4's σ: the set's variance (the paper's σ², default) or its standard deviation"
+    )
     replace: float = Field(0.0, ge=0, le=1)
     mean_min: float | None = None
     mean_max: float | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """Its part of a study's identity: ``filter_sigma`` only when set away from the variance it was
+        before the option existed, so that earlier studies keep their fingerprints."""
+        dump = self.model_dump(mode="json")
+        if dump["filter_sigma"] == "variance":
+            del dump["filter_sigma"]
+        return dump
 
     @model_validator(mode="after")
     def _bounds(self) -> Filter:
@@ -349,6 +360,8 @@ def _check_value(name: str, value: Any) -> None:
         raise ValueError(f"sweep.replace: ρ must lie in [0, 1], got {value!r}")
     if name == "method" and value not in METHODS:
         raise ValueError(f"sweep.method: unknown method {value!r}; methods: {list(METHODS)}")
+    if name == "filter_sigma" and value not in ("variance", "std"):
+        raise ValueError(f"sweep.filter_sigma: {value!r} is not one of variance/std")
     if name == "filter_mode" and value not in ("none", "filter", "random"):
         raise ValueError(f"sweep.filter_mode: {value!r} is not one of none/filter/random")
     if name == "k" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -90,6 +90,7 @@ def _training_set(
         mean_min=filt["mean_min"],
         mean_max=filt["mean_max"],
         seed=seed,
+        sigma=filt["filter_sigma"],
     )
     by_id = {f.id: f for f in facts}
     counts = {

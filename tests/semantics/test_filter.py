@@ -13,7 +13,7 @@ K_IDS, K_DIST = ["a", "b", "c"], [0.2, 0.4, 0.6]
 P_IDS, P_DIST = ["p", "q", "r"], [0.0, 0.5, 1.0]
 
 
-def _brute_force_greedy(k_ids, k_dist, p_ids, p_dist, count, lam, lo=-math.inf, hi=math.inf):
+def _brute_force_greedy(k_ids, k_dist, p_ids, p_dist, count, lam, lo=-math.inf, hi=math.inf, sigma="variance"):
     """Each step tries every (member, pool fact) pair and keeps the best resulting set, preferring
     sets from which the bounds stay reachable, then sets that meet them, then the smaller violation."""
     cur = dict(zip(k_ids, k_dist))
@@ -26,7 +26,7 @@ def _brute_force_greedy(k_ids, k_dist, p_ids, p_dist, count, lam, lo=-math.inf, 
         for r in sorted(removable):
             for a in sorted(pool):
                 values = [v for i, v in cur.items() if i != r] + [pool[a]]
-                stats = set_stats(values, lam)
+                stats = set_stats(values, lam, sigma)
                 mu, n = stats["mean"], len(values)
                 fixed = sum(cur[i] for i in cur if i not in removable) + pool[a]
                 still = sorted(cur[i] for i in removable if i != r)
@@ -88,9 +88,25 @@ def test_greedy_respects_mean_bounds_by_hand():
     assert 0.3 < result.after["mean"] < 0.5
 
 
+def test_sigma_as_a_standard_deviation_changes_the_choice_by_hand():
+    # λ = 1. Variance: c → p gives {0.2, 0.4, 0.0}, 0.2 - 0.08/3 ≈ 0.173, below b → p's 4/15 - 14/225 ≈ 0.204.
+    # Standard deviation: b → p gives 4/15 - √14/15 ≈ 0.0172, below c → p's 0.2 - √(0.08/3) ≈ 0.0367.
+    by_var = greedy_filter(K_IDS, K_DIST, P_IDS, P_DIST, replace=1 / 3, lam=1.0)
+    by_std = greedy_filter(K_IDS, K_DIST, P_IDS, P_DIST, replace=1 / 3, lam=1.0, sigma="std")
+    assert (by_var.trace[0]["removed"], by_var.trace[0]["added"]) == ("c", "p")
+    assert by_var.after["objective"] == pytest.approx(0.2 - 0.08 / 3)
+    assert (by_std.trace[0]["removed"], by_std.trace[0]["added"]) == ("b", "p")
+    assert by_std.after == pytest.approx({"mean": 4 / 15, "var": 14 / 225, "objective": 4 / 15 - math.sqrt(14) / 15})
+    rand = random_filter(K_IDS, K_DIST, P_IDS, P_DIST, replace=1 / 3, seed=0, lam=1.0, sigma="std")
+    assert rand.after["objective"] == pytest.approx(rand.after["mean"] - math.sqrt(rand.after["var"]))
+    with pytest.raises(ValueError, match="sigma must be 'variance' or 'std', got 'sd'"):
+        greedy_filter(K_IDS, K_DIST, P_IDS, P_DIST, replace=1 / 3, lam=1.0, sigma="sd")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sigma", ["variance", "std"])
 @pytest.mark.parametrize("lam", [0.0, 0.5, 3.0])
 @pytest.mark.parametrize("bounds", [(None, None), (0.35, 0.45), (0.5, None)])
-def test_greedy_matches_exhaustive_pair_search(lam, bounds):
+def test_greedy_matches_exhaustive_pair_search(lam, bounds, sigma):
     rng = np.random.default_rng(7)
     for trial in range(4):
         k_dist = rng.beta(2, 3, size=8)
@@ -101,11 +117,11 @@ def test_greedy_matches_exhaustive_pair_search(lam, bounds):
         hi = math.inf if bounds[1] is None else bounds[1]
         try:
             result = greedy_filter(
-                k_ids, k_dist, p_ids, p_dist, replace=0.5, lam=lam, mean_min=bounds[0], mean_max=bounds[1]
+                k_ids, k_dist, p_ids, p_dist, replace=0.5, lam=lam, mean_min=bounds[0], mean_max=bounds[1], sigma=sigma
             )
         except ValueError:
             continue
-        objectives, final = _brute_force_greedy(k_ids, k_dist, p_ids, p_dist, 4, lam, lo, hi)
+        objectives, final = _brute_force_greedy(k_ids, k_dist, p_ids, p_dist, 4, lam, lo, hi, sigma)
         assert [t["objective"] for t in result.trace] == pytest.approx(objectives, abs=1e-12), trial
         assert set(result.train_ids) == final
 

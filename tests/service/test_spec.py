@@ -81,6 +81,8 @@ def write(tmp_path: Path, data: dict) -> Path:
         ({"name": "s", "quick": {"sampling": {"k": 0}}}, "with --quick: sampling.k"),
         ({"name": "s", "trial": {"lr": float("nan")}}, "trial.lr: "),
         ({"name": "s", "sweep": {"mean_min": {"grid": ["low"]}}}, "sweep.mean_min"),
+        ({"name": "s", "filter": {"filter_sigma": "sd"}}, "filter.filter_sigma"),
+        ({"name": "s", "sweep": {"filter_sigma": {"grid": ["std", "sd"]}}}, "sweep.filter_sigma: 'sd' is not one of"),
         ({"name": "s", "trial": {"rank": 8, "rnak": 4}}, "trial.rnak: Extra inputs are not permitted"),
         ({"name": "s", "sweep": {"batch_size": {"grid": [0]}}, "sampling": {"k": 4}}, "sweep.batch_size"),
     ],
@@ -236,3 +238,15 @@ def test_set_overrides_reach_the_spec_and_bad_ones_are_named():
         parse_sets(["trial.lr=1", "trial.lr.x=1"])
     with pytest.raises(SpecError, match=r"trial\.lr: .*greater than 0"):
         load_spec(Path("jobs/reweight.yaml").resolve(), overrides=parse_sets(["trial.lr=-1"]))
+
+
+def test_filter_sigma_enters_the_identity_only_away_from_the_variance(tmp_path):
+    """Eq. 4's σ as a standard deviation is a new identity; the default keeps an older study's fingerprint."""
+    from raysem.service.identity import fingerprint, study_identity
+
+    data = {"name": "s", "sampling": {"k": 10}, "filter": {"filter_mode": "filter", "replace": 0.5}}
+    default = study_identity(load_spec(write(tmp_path, data)), "sha")
+    assert "filter_sigma" not in default["filter"] and default["filter"]["replace"] == 0.5
+    std = load_spec(write(tmp_path, {**data, "filter": {**data["filter"], "filter_sigma": "std"}}))
+    assert std.filter.filter_sigma == "std" and study_identity(std, "sha")["filter"]["filter_sigma"] == "std"
+    assert fingerprint(study_identity(std, "sha")) != fingerprint(default)
