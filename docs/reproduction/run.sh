@@ -50,8 +50,12 @@ declare -A STUDY=(
   # Calibration at γ = 0 on 50 fresh single facts; the point closest to 50% accuracy (inside 20–80%) is the
   # primary's trial.lr and trial.steps.
   [f4_calibration]="calibration f4-calibration --set name=f4-calibration --set tracking.experiment=f4-calibration --set trial.optimizer=sgd --set sampling.k=1 --set sampling.n_samplings=50 --set sampling.seed=11 --set sampling.per_k={\"1\":50} --set sweep.k.grid=[1] --set sweep.lr.grid=[0.03,0.1,0.3,1.0,3.0] --set sweep.steps.grid=[5,10] --set exclude=[] --set pack_size=25"
+  # The primary: γ ∈ {0, 1, 2} at the calibrated point (lr 0.1, 5 steps: 52% of 50 facts) on the 300 single-fact
+  # samplings of Finding 1 (seed 0), and the lr-matched controls: γ = 0 at lr × E[1 + γλ] = 0.128 (γ = 1) and
+  # 0.156 (γ = 2), E[λ] = 0.28 over those 300 facts' dist_old. F4_N samplings (a first sitting may run fewer).
+  [f4_reweight]="reweight f4-reweight --set name=f4-reweight --set tracking.experiment=f4-reweight --set trial.optimizer=sgd --set trial.lr=0.1 --set trial.steps=5 --set sampling.k=1 --set sampling.n_samplings=${F4_N:-300} --set sampling.seed=0 --set pack_size=25 --set sweep.gamma.grid=[0.0,1.0,2.0] --set sweep.lr.grid=[0.1,0.128,0.156] --set exclude=[{\"gamma\":1.0,\"lr\":0.128},{\"gamma\":1.0,\"lr\":0.156},{\"gamma\":2.0,\"lr\":0.128},{\"gamma\":2.0,\"lr\":0.156}]"
 )
-ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration)
+ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086
