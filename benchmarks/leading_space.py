@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -25,9 +24,7 @@ from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.loader import load_model
 from raysem.report import analysis as an
 from raysem.report.data import load_study, open_client
-from raysem.semantics.embedding import AnswerEmbedder, distance_band
-
-BAND_EDGES = (0.1, 0.3, 0.6)
+from raysem.semantics.embedding import AnswerEmbedder
 
 
 def distances(embedder: AnswerEmbedder, answers: pd.Series, targets: pd.Series, space: bool) -> np.ndarray:
@@ -36,12 +33,6 @@ def distances(embedder: AnswerEmbedder, answers: pd.Series, targets: pd.Series, 
     a = [prefix + str(x) if isinstance(x, str) and x.strip() else "" for x in answers]
     t = [prefix + str(x) for x in targets]
     return embedder.distance(a, t)
-
-
-def band(dist: float) -> str:
-    if math.isnan(dist):
-        return "none"
-    return "below" if dist < 0.1 else distance_band(min(dist, 1.0))
 
 
 def verdicts(records: pd.DataFrame) -> dict:
@@ -78,7 +69,7 @@ def analyse(experiment: str, records: pd.DataFrame, embedder: AnswerEmbedder, mo
     facts = pd.DataFrame({"before": records["dist_old"], "after": spaced["dist_old"], "fact_id": records["fact_id"]})
     facts = facts.drop_duplicates("fact_id").dropna()
     shift = (facts["after"] - facts["before"]).abs()
-    changed_band = int((facts["before"].map(band) != facts["after"].map(band)).sum())
+    changed_band = int((facts["before"].map(an.band_label) != facts["after"].map(an.band_label)).sum())
     return {
         "experiment": experiment,
         "records": len(records),

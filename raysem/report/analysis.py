@@ -201,6 +201,14 @@ def _part_contrast(
     return rows
 
 
+def band_label(dist: float) -> str:
+    """A distance's Table 5 band, clipped to [0, 1] first, with [0, 0.1) as "below"; "none" for NaN."""
+    if math.isnan(dist):
+        return "none"
+    clipped = min(1.0, max(0.0, dist))
+    return "below" if clipped < 0.1 else distance_band(clipped)
+
+
 def band_contrast(records: pd.DataFrame, group_cols: Sequence[str], metric: str = "exact_match") -> pd.DataFrame:
     """Figure 3's claim in numbers: ``metric`` in Table 5's bands (short [0.1, 0.3), medium [0.3, 0.6), long
     [0.6, 1.0], on distances clipped to [0, 1]) and below them ([0, 0.1)), and the differences of each from
@@ -208,10 +216,7 @@ def band_contrast(records: pd.DataFrame, group_cols: Sequence[str], metric: str 
     group, with facts per band."""
     if records.empty:
         return pd.DataFrame()
-    clipped = records["dist_old"].clip(0.0, 1.0)
-    frame = records.assign(
-        _part=[("below" if d < 0.1 else distance_band(d)) if not math.isnan(d) else "none" for d in clipped]
-    )
+    frame = records.assign(_part=records["dist_old"].map(band_label))
     return pd.DataFrame(_part_contrast(frame, group_cols, ("below", *BANDS), "medium", metric))
 
 

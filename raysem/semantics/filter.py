@@ -29,7 +29,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -71,11 +71,7 @@ def replacement_count(size: int, replace: float) -> int:
 
 def spread(var: np.ndarray | float, sigma: Sigma) -> np.ndarray | float:
     """The term λ multiplies: the variance itself, or its square root."""
-    if sigma == "variance":
-        return var
-    if sigma == "std":
-        return np.sqrt(var)
-    raise ValueError(f"sigma must be 'variance' or 'std', got {sigma!r}")
+    return var if _check_sigma(sigma) == "variance" else np.sqrt(var)
 
 
 def set_stats(dist: Sequence[float] | np.ndarray, lam: float = 0.0, sigma: Sigma = "variance") -> dict[str, float]:
@@ -95,6 +91,12 @@ def _check_lambda(lam: float) -> float:
     if not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lambda (λ) must be a finite number >= 0, got {lam!r}")
     return float(lam)
+
+
+def _check_sigma(sigma: str) -> str:
+    if sigma not in get_args(Sigma):
+        raise ValueError(f"sigma must be 'variance' or 'std', got {sigma!r}")
+    return sigma
 
 
 def _check_bounds(mean_min: float | None, mean_max: float | None) -> tuple[float, float]:
@@ -253,7 +255,7 @@ def greedy_filter(
     usable pool facts, bounds that no reachable set meets, or a final set outside the bounds.
     """
     lam = _check_lambda(lam)
-    spread(0.0, sigma)
+    _check_sigma(sigma)
     lo, hi = _check_bounds(mean_min, mean_max)
     ids, k_dist, p_ids, p_dist, excluded, count = _prepare(train_ids, train_dist, pool_ids, pool_dist, replace)
     n = len(ids)

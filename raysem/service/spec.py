@@ -6,7 +6,7 @@ import itertools
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, overload
+from typing import Any, Literal, Optional, TypeVar, get_args, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -15,6 +15,7 @@ from raysem.errors import SpecError
 from raysem.models.catalog import DEFAULT_MODEL
 from raysem.models.device import Precision
 from raysem.models.prompts import DEFAULT_PROMPT_STYLE, AnswerBudget, Prompting, PromptStyle
+from raysem.semantics.filter import Sigma
 from raysem.training.config import METHODS, TrialConfig, check_packable
 
 STUDY_KINDS = (
@@ -100,7 +101,7 @@ class Filter(BaseModel):
 
     filter_mode: Literal["none", "filter", "random"] = "none"
     filter_lambda: float = Field(0.0, ge=0)
-    filter_sigma: Literal["variance", "std"] = Field(
+    filter_sigma: Sigma = Field(
         "variance", description="Eq. 4's σ: the set's variance (the paper's σ², default) or its standard deviation"
     )
     replace: float = Field(0.0, ge=0, le=1)
@@ -360,7 +361,7 @@ def _check_value(name: str, value: Any) -> None:
         raise ValueError(f"sweep.replace: ρ must lie in [0, 1], got {value!r}")
     if name == "method" and value not in METHODS:
         raise ValueError(f"sweep.method: unknown method {value!r}; methods: {list(METHODS)}")
-    if name == "filter_sigma" and value not in ("variance", "std"):
+    if name == "filter_sigma" and value not in get_args(Sigma):
         raise ValueError(f"sweep.filter_sigma: {value!r} is not one of variance/std")
     if name == "filter_mode" and value not in ("none", "filter", "random"):
         raise ValueError(f"sweep.filter_mode: {value!r} is not one of none/filter/random")
