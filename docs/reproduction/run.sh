@@ -56,8 +56,11 @@ declare -A STUDY=(
   [f4_reweight]="reweight f4-reweight --set name=f4-reweight --set tracking.experiment=f4-reweight --set trial.optimizer=sgd --set trial.lr=0.1 --set trial.steps=5 --set sampling.k=1 --set sampling.n_samplings=${F4_N:-300} --set sampling.seed=0 --set pack_size=25 --set sweep.gamma.grid=[0.0,1.0,2.0] --set sweep.lr.grid=[0.1,0.128,0.156] --set exclude=[{\"gamma\":1.0,\"lr\":0.128},{\"gamma\":1.0,\"lr\":0.156},{\"gamma\":2.0,\"lr\":0.128},{\"gamma\":2.0,\"lr\":0.156}]"
   # Finding 1 under the zeroshot prompt style: the 300 single-fact samplings and seeds of round 1, its lr and steps
   [f1_zeroshot]="single_fact_deviation f1-zeroshot --set name=f1-zeroshot --set tracking.experiment=f1-zeroshot --set prompt_style=zeroshot --set sampling.n_samplings=300"
+  # Finding 1's primary study run again into this store (round 1's records were lost with their store), so that
+  # benchmarks/leading_space.py can re-embed its answers; round 1's report in single-fact-deviation/ stays as it was
+  [f1_rerun]="single_fact_deviation f1-rerun --set name=f1-rerun --set tracking.experiment=f1-rerun --set sampling.n_samplings=300"
 )
-ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot)
+ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot f1_rerun)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086
