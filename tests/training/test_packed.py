@@ -56,6 +56,11 @@ that on a few elements (``ADAMW_OUTLIERS``), each by at most what AdamW can move
 and asks every other element to agree to ``ADAMW_TOL``. A packing bug moves most elements: swapped
 adapters, losses averaged instead of summed (under SGD: a 1/K step), one clip over all trials.
 """
+GRAD_SCALED_TOL = 1e-5
+"""Embedded-model gradients, packed against PEFT's, element by element within this share of the tensor's
+largest element. The rounding of the float32 rotary and RMSNorm steps depends on the batch's shape and the
+CPU's kernels: measured 4e-15 for two facts and 1.2e-6 for the third (whose row is padded), where an
+element-wise ``TOL`` fails one run in a few on some CPUs. A packing bug moves gradients by O(1)."""
 ADAMW_TOL = dict(rtol=1e-4, atol=1e-7)
 ADAMW_OUTLIERS = 0.01
 """Under AdamW, the share of a tensor's elements allowed outside ``ADAMW_TOL`` (measured on the embedded
@@ -559,7 +564,8 @@ def test_packed_gradients_equal_peft_gradients_on_embedded_model(fresh_smol):
             lm.model = model.unload()
         assert want.keys() == got[t].keys() and len(want) == 120
         for name in want:
-            torch.testing.assert_close(got[t][name], want[name], **TOL)
+            scale = want[name].abs().max().item()
+            torch.testing.assert_close(got[t][name], want[name], rtol=0.0, atol=GRAD_SCALED_TOL * scale)
 
 
 @pytest.mark.slow
