@@ -59,8 +59,12 @@ declare -A STUDY=(
   # Finding 1's primary study run again into this store (round 1's records were lost with their store), so that
   # benchmarks/leading_space.py can re-embed its answers; round 1's report in single-fact-deviation/ stays as it was
   [f1_rerun]="single_fact_deviation f1-rerun --set name=f1-rerun --set tracking.experiment=f1-rerun --set sampling.n_samplings=300"
+  # Finding 3's stage 1 (the screen): 2 paired samplings (seed 31; stage 2 takes seed 32) per cell of λ ∈ {0, 1, 100}
+  # × σ ∈ {variance, std} × Mean_min ∈ {0.1, 0.3} × ρ ∈ {0.2, 0.6, 1.0}. Random replacement reads none of λ, σ,
+  # Mean_min: it runs once per ρ and pairs with every filter cell (raysem report shares the arm); λ = 0 ignores σ.
+  [f3_screen]="filter_vs_random f3-screen --set name=f3-screen --set tracking.experiment=f3-screen --set sampling.n_samplings=2 --set sampling.seed=31 --set sweep.replace.grid=[0.2,0.6,1.0] --set sweep.filter_lambda.grid=[0.0,1.0,100.0] --set sweep.filter_sigma.grid=[variance,std] --set sweep.mean_min.grid=[0.1,0.3] --set exclude=[{\"filter_mode\":\"random\",\"filter_lambda\":0.0},{\"filter_mode\":\"random\",\"filter_lambda\":100.0},{\"filter_mode\":\"random\",\"filter_sigma\":\"std\"},{\"filter_mode\":\"random\",\"mean_min\":0.3},{\"filter_mode\":\"filter\",\"filter_lambda\":0.0,\"filter_sigma\":\"std\"}]"
 )
-ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot f1_rerun)
+ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot f1_rerun f3_screen)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086

@@ -497,14 +497,37 @@ def filter_effect(trials: pd.DataFrame, group_cols: Sequence[str], metric: str =
     return pd.DataFrame(rows)
 
 
+FILTER_ONLY = ("filter_lambda", "filter_sigma", "mean_min", "mean_max")
+"""Filter settings that random replacement does not read: Eq. 4's λ, σ and mean bounds."""
+
+
+def share_random_arm(trials: pd.DataFrame, series_cols: Sequence[str]) -> pd.DataFrame:
+    """Random replacement reads none of ``FILTER_ONLY``: where the random trials ran at one value of such a
+    swept column, each joins every filter series of its dataset, ρ and other series params, so that a sweep
+    over λ, σ or Mean_min needs one random arm, not one per value. A random trial without such a filter
+    series keeps its own."""
+    rand = trials["filter_mode"] == "random"
+    shared = [c for c in series_cols if c in FILTER_ONLY and trials.loc[rand, c].nunique(dropna=False) == 1]
+    if not shared or not rand.any():
+        return trials
+    keys = [c for c in ("dataset", "replace", *series_cols) if c not in shared]
+    combos = trials.loc[~rand, [*keys, *shared]].drop_duplicates()
+    random = trials[rand]
+    found = random[keys].merge(combos[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    matched = found["_merge"].eq("both").to_numpy()
+    joined = random[matched].drop(columns=shared).merge(combos, on=keys)[list(trials.columns)]
+    return pd.concat([trials[~rand], joined, random[~matched]], ignore_index=True)
+
+
 def split_by_training(trials: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
     """Per (group, ρ, selection): accuracy on the retained test facts (trained), on the replaced ones (never
-    trained) and on every trained fact, with the mean number of retained and replaced facts per trial."""
+    trained) and on every trained fact, with the mean number of retained and replaced facts per trial and the
+    mean and variance of the trained set's target distances (each a mean over trials)."""
     rows = []
     for key, part in _group_keys(trials, [*group_cols, "replace", "filter_mode"]):
         counts = {
             c: float(part[c].mean()) if c in part and part[c].notna().any() else math.nan
-            for c in ("n_retained", "n_replaced")
+            for c in ("n_retained", "n_replaced", "train_dist_mean", "train_dist_var")
         }
         rows.append(
             {

@@ -32,7 +32,7 @@ CAPTIONS: dict[str, str] = {
         "Table 5. Responses before (y_old) and after (y_new) tuning; bands short 0.1–0.3, medium 0.3–0.6, long 0.6–1.0."
     ),
     "fig7.1": (
-        "Accuracy on the original (test) facts after replacing a share ρ of the training facts, either by the greedy semantic filter of Eq. 4 or at random. The paired delta compares the two at the same sampling and seed."
+        "Accuracy on the original (test) facts after replacing a share ρ of the training facts, either by the greedy semantic filter of Eq. 4 or at random. The paired delta compares the two at the same sampling and seed. Random replacement reads neither λ, σ nor the mean bounds: where it ran at one value of a swept filter setting, its trials pair with the filter's at every value (one random arm for the whole sweep)."
     ),
     "fig7.2": ("Figure 7: accuracy vs replaced share ρ; dashed lines: no replacement."),
     "fig7.3": (
@@ -42,7 +42,7 @@ CAPTIONS: dict[str, str] = {
         "Whole-K accuracy is capped at the retained share: a replaced fact is never trained. The split below separates the cap from interference: accuracy on the retained test facts (trained), on the replaced ones (not trained) and on every trained fact (retained and added), with the mean number of retained and replaced test facts per trial. The filter keeps test facts without a target distance (empty y_old) outside the filter, so a few are retained even at ρ = 1."
     ),
     "fig7.5": (
-        "Figure 7, split by what was trained: accuracy (%) per selection and ρ [95% bootstrap CI]; Δ retained: paired filter − random on retained accuracy (pp)."
+        "Figure 7, split by what was trained: accuracy (%) per selection and ρ [95% bootstrap CI]; set mean / var: the trained set's mean and variance of target distance (defined distances, mean over trials; — where the trials did not log them); Δ retained: paired filter − random on retained accuracy (pp)."
     ),
     "tables3_4.1": (
         "Locality is Eq. 8 (the tuned greedy answer equals the base one); soft locality is the mean of 1 − dist(base answer, tuned answer) over the unrelated prompts, so a change of answer style costs less than a change of meaning."

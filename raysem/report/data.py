@@ -101,6 +101,8 @@ TRIAL_METRICS = (
     "trained_accuracy",
     "n_retained",
     "n_replaced",
+    "train_dist_mean",
+    "train_dist_var",
     "empty_new",
     "wall_s",
     "tokens",

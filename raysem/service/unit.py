@@ -68,9 +68,10 @@ def _failed_result(
 def _training_set(
     spec: StudySpec, point: dict[str, Any], test: list[Fact], facts: list[Fact], table: pd.DataFrame, seed: int
 ) -> tuple[list[Fact], dict[str, float]]:
-    """The training facts (the sampled set itself, or the set after the data filter / random replacement)
-    and what the filter had to leave alone: ``filter_kept_undefined`` members of K and
-    ``filter_pool_excluded`` pool facts without a target distance (empty y_old)."""
+    """The training facts (the sampled set itself, or the set after the data filter / random replacement),
+    what the filter had to leave alone (``filter_kept_undefined`` members of K and ``filter_pool_excluded``
+    pool facts without a target distance: empty y_old) and the set it scored (``train_dist_mean`` and
+    ``train_dist_var`` over its defined distances)."""
     from raysem.semantics.filter import replace_training_set
 
     filt = {**spec.filter.model_dump(), **{f: point[f] for f in FILTER_FIELDS if f in point}}
@@ -96,6 +97,8 @@ def _training_set(
     counts = {
         "filter_kept_undefined": float(len(result.kept_undefined)),
         "filter_pool_excluded": float(len(result.excluded_pool)),
+        "train_dist_mean": result.after["mean"],
+        "train_dist_var": result.after["var"],
     }
     return [by_id[i] for i in result.train_ids], counts
 

@@ -566,3 +566,33 @@ def test_trials_of_different_identities_are_not_pooled_under_one_configuration()
     frame.loc[1, "fingerprint"] = "cccc"
     with pytest.raises(ReportError, match=r"would be pooled: gamma=0\.0 \(k = 10\): aaaa, cccc"):
         check_identities(frame)
+
+
+def test_one_random_arm_pairs_with_every_filter_setting():
+    """Random replacement reads no λ: run once (at λ = 1), its trials pair with the filter's at λ = 0 and
+    λ = 100 alike; a random trial at a ρ the filter did not run keeps its own series."""
+    from raysem.report.analysis import FILTER_ONLY, filter_effect, share_random_arm, varying
+    from raysem.report.format import with_labels
+
+    rows = [
+        ("filter", lam, 0.6, s, acc)
+        for lam, accs in ((0.0, (0.5, 0.7)), (100.0, (0.1, 0.3)))
+        for s, acc in enumerate(accs)
+    ]
+    rows += [("random", 1.0, 0.6, s, acc) for s, acc in enumerate((0.2, 0.4))] + [("random", 1.0, 0.2, 0, 0.9)]
+    trials = pd.DataFrame(rows, columns=["filter_mode", "filter_lambda", "replace", "sampling", "accuracy"])
+    trials = trials.assign(dataset="zsre", seed=trials["sampling"], filter_sigma="variance", mean_min=0.1, mean_max=0.9)
+    series = varying(trials, FILTER_ONLY)
+    assert series == ["filter_lambda"]
+    shared = share_random_arm(trials, series)
+    assert len(shared) == 4 + 2 * 2 + 1  # each ρ = 0.6 random trial joins both filter series; ρ = 0.2 keeps λ = 1
+    effect = filter_effect(with_labels(shared, ["dataset"], series), ["panel", "series"]).set_index(
+        ["series", "replace"]
+    )
+    assert set(effect.index) == {("λ=0", 0.6), ("λ=100", 0.6), ("λ=1", 0.2)}
+    assert effect.loc[("λ=0", 0.6), "delta"]["delta"] == pytest.approx(0.3)
+    assert effect.loc[("λ=100", 0.6), "delta"]["delta"] == pytest.approx(-0.1)
+    assert effect.loc[("λ=0", 0.6), "delta"]["n_pairs"] == 2 and effect.loc[("λ=1", 0.2), "n_random"] == 1
+    # a random arm run at every λ is already paired by its own value and left as it is
+    both = pd.concat([trials, trials[trials["filter_mode"] == "random"].assign(filter_lambda=0.0)], ignore_index=True)
+    assert share_random_arm(both, series).equals(both)

@@ -345,7 +345,13 @@ def test_filtered_training_set_trains_on_k_star_and_tests_on_k(resident):
     train, counts = _training_set(spec, {}, test, facts, table, seed=0)
     # q2 has no distance: kept; of q0, q1, q3 round(0.5 · 3) = 2 go (the largest, q1 and q3) for the smallest (q4, q5)
     assert sorted(f.id for f in train) == ["q0", "q2", "q4", "q5"]
-    assert counts == {"filter_kept_undefined": 1.0, "filter_pool_excluded": 0.0}
+    # the trained set's defined distances: q0, q4, q5 = 0.2, 0.05, 0.1
+    assert counts == {
+        "filter_kept_undefined": 1.0,
+        "filter_pool_excluded": 0.0,
+        "train_dist_mean": pytest.approx(0.35 / 3),
+        "train_dist_var": pytest.approx(((0.2 - 0.35 / 3) ** 2 + (0.05 - 0.35 / 3) ** 2 + (0.1 - 0.35 / 3) ** 2) / 3),
+    }
     base = resident.base_records(facts)
     result = run_trial(resident, train, test, base, TrialConfig(steps=2, batch_size=2))
     assert result.train_ids == [f.id for f in train] and result.test_ids == [f.id for f in test]

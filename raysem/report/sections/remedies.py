@@ -18,8 +18,8 @@ def fig7(ctx: Context) -> Section | str:
     trials = ok[ok["filter_mode"].isin(["filter", "random"])]
     if trials.empty:
         return "no data-filtering trials (filter_mode filter / random)"
-    series_cols = an.varying(trials, ["model", "method", "k", "gamma", "filter_lambda", *an.SETTING_COLUMNS])
-    trials = with_labels(trials, ["dataset"], series_cols)
+    series_cols = an.varying(trials, ["model", "method", "k", "gamma", *an.FILTER_ONLY, *an.SETTING_COLUMNS])
+    trials = with_labels(an.share_random_arm(trials, series_cols), ["dataset"], series_cols)
     effect = an.filter_effect(trials, ["panel", "series"])
     # Baseline: plain trials of the same dataset, model, method and k, without any replacement.
     same = ["dataset", "model", "method", "k"]
@@ -78,6 +78,8 @@ def fig7(ctx: Context) -> Section | str:
                 str(r["n_trials"]),
                 count(r["n_retained"]),
                 count(r["n_replaced"]),
+                _stat(r["train_dist_mean"]),
+                _stat(r["train_dist_var"]),
                 pct(r["accuracy"]),
                 pct(r["retained_accuracy"]),
                 pct(r["replaced_accuracy"]),
@@ -96,6 +98,8 @@ def fig7(ctx: Context) -> Section | str:
                 "Trials",
                 "Retained facts",
                 "Replaced facts",
+                "Set mean",
+                "Set var",
                 "Whole K (%)",
                 "Retained (%)",
                 "Replaced (%)",
@@ -106,6 +110,10 @@ def fig7(ctx: Context) -> Section | str:
         )
     )
     return sec
+
+
+def _stat(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:.3f}"
 
 
 def tables3_4(ctx: Context) -> Section | str:
