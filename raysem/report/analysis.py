@@ -508,7 +508,7 @@ def share_random_arm(trials: pd.DataFrame, series_cols: Sequence[str]) -> pd.Dat
     series keeps its own."""
     rand = trials["filter_mode"] == "random"
     shared = [c for c in series_cols if c in FILTER_ONLY and trials.loc[rand, c].nunique(dropna=False) == 1]
-    if not shared or not rand.any():
+    if not shared:
         return trials
     keys = [c for c in ("dataset", "replace", *series_cols) if c not in shared]
     combos = trials.loc[~rand, [*keys, *shared]].drop_duplicates()

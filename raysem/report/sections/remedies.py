@@ -78,8 +78,8 @@ def fig7(ctx: Context) -> Section | str:
                 str(r["n_trials"]),
                 count(r["n_retained"]),
                 count(r["n_replaced"]),
-                _stat(r["train_dist_mean"]),
-                _stat(r["train_dist_var"]),
+                an.fmt_value(r["train_dist_mean"]),
+                an.fmt_value(r["train_dist_var"]),
                 pct(r["accuracy"]),
                 pct(r["retained_accuracy"]),
                 pct(r["replaced_accuracy"]),
@@ -110,10 +110,6 @@ def fig7(ctx: Context) -> Section | str:
         )
     )
     return sec
-
-
-def _stat(value: float) -> str:
-    return "—" if np.isnan(value) else f"{value:.3f}"
 
 
 def tables3_4(ctx: Context) -> Section | str:
