@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -113,6 +116,26 @@ def tiny64(tiny_model_dir):
     return load_model(str(tiny_model_dir), dtype=torch.float64)
 
 
+@functools.cache
+def _empty_store() -> Path:
+    """A SQLite MLflow database with its tables made, once per test process (MLflow's migrations cost about a
+    second of CPU per new database)."""
+    from mlflow import MlflowClient
+
+    db = Path(tempfile.mkdtemp(prefix="raysem-empty-store-")) / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def new_store(folder: Path) -> str:
+    """The URI of a new, empty SQLite MLflow store ``folder/mlflow.db`` (kept if the test made it already)."""
+    db = folder / "mlflow.db"
+    if not db.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_store(), db)
+    return f"sqlite:///{db}"
+
+
 def tiny_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
     """A study spec file on the tiny random Llama (local Ray, SQLite MLflow under ``tmp_path``); ``extra`` replaces fields."""
     data = {
@@ -125,7 +148,7 @@ def tiny_spec(tmp_path: Path, model_dir: Path, name: str, **extra) -> Path:
         "sweep": {"k": {"grid": [1, 3]}, "gamma": {"grid": [0.0, 1.0]}},
         "pack_size": 4,
         "resources": {"cpu": 1},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "tracking": {"uri": new_store(tmp_path)},
         "storage_path": str(tmp_path / "ray"),
         **extra,
     }

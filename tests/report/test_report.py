@@ -20,6 +20,8 @@ from raysem.report.analysis import target_kind
 from raysem.report.build import ReportError, build_report
 from raysem.training.results import trial_aggregates
 
+from conftest import new_store
+
 EXPERIMENT, OTHER, EMPTY, FAILED = "synthetic-study", "synthetic-rerun", "empty-study", "failed-study"
 W_FRO = 88.4206
 CI = r"-?\d+\.\d{2} \[-?\d+\.\d{2}, -?\d+\.\d{2}\]"
@@ -64,7 +66,7 @@ def _records(rng: np.random.Generator, sampling: int, k: int, p_learn: float) ->
 class _Store:
     def __init__(self, root: Path):
         self.root = root
-        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.uri = new_store(root)
         self.client = MlflowClient(self.uri)
         self.clock = int(time.time() * 1000) - 10_000_000
         self.trials: dict[str, dict[str, dict]] = {}

@@ -53,17 +53,31 @@ def study_state(spec) -> tuple[list[str], str]:
     return sorted(r.data.tags["raysem.trial_key"] for r in runs), parent
 
 
+def confirmed_point(spec) -> dict[str, float]:
+    """The point the study confirmed (its confirmation's point other than the γ = 0 baseline), read back from MLflow."""
+    confirm = [r for r in trial_runs(spec.tracking.uri, spec.experiment)[1] if r.data.params["phase"] == "confirm"]
+    (gamma,) = {float(r.data.params["gamma"]) for r in confirm} - {0.0}
+    return {"gamma": gamma}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_model_dir, _ray_session):
-    """Per search algorithm: the trial keys and the confirmed point of the study run without interruption."""
+    """Per search algorithm: the trial keys and the confirmed point of the study run without interruption up to
+    its last boundary (``end``: every search and confirmation trial done, the study run not yet FINISHED), and
+    its spec, which the ``end`` case resumes."""
     ensure_ray()
     out = {}
     for algorithm in ("optuna", "random"):
         spec = searched_spec(tmp_path_factory.mktemp(algorithm), tiny_model_dir, algorithm)
-        outcome = run_study(spec)
+        os.environ[INTERRUPT_AT] = "end"
+        try:
+            with pytest.raises(StudyInterrupted, match="rerun with --resume"):
+                run_study(spec)
+        finally:
+            os.environ.pop(INTERRUPT_AT, None)
         keys, parent = study_state(spec)
-        assert parent == "FINISHED" and len(keys) == len(set(keys)) == count_trials(spec) == 2 + 2 * 2
-        out[algorithm] = keys, outcome.best_point
+        assert parent == "KILLED" and len(keys) == len(set(keys)) == count_trials(spec) == 2 + 2 * 2
+        out[algorithm] = keys, confirmed_point(spec), spec
     return out
 
 
@@ -74,19 +88,22 @@ def test_an_optuna_search_interrupted_at_any_boundary_resumes_to_the_same_study(
     """Interrupted (SIGINT, through the driver's test hook) at one boundary, then resumed: every search and
     confirmation trial exactly once, the same confirmed point as without the interruption, the study FINISHED.
     (A confirmation Tune run stopped before its first checkpoint was restored with an empty config; a search
-    unit run again after the interruption reported NaN for its done trials, which moved the best point.)"""
-    spec = searched_spec(tmp_path, tiny_model_dir, "optuna")
-    monkeypatch.setenv(INTERRUPT_AT, boundary)
-    with pytest.raises(StudyInterrupted, match="rerun with --resume"):
-        run_study(spec)
-    assert INTERRUPT_AT not in os.environ, "the hook fired"
+    unit run again after the interruption reported NaN for its done trials, which moved the best point.)
+    The ``end`` case resumes the reference study itself, which stopped there."""
+    reference, point, spec = uninterrupted["optuna"]
+    if boundary != "end":
+        spec = searched_spec(tmp_path, tiny_model_dir, "optuna")
+        monkeypatch.setenv(INTERRUPT_AT, boundary)
+        with pytest.raises(StudyInterrupted, match="rerun with --resume"):
+            run_study(spec)
+        assert INTERRUPT_AT not in os.environ, "the hook fired"
     keys, parent = study_state(spec)
-    assert parent == "KILLED" and len(keys) < len(uninterrupted["optuna"][0]) + (boundary == "end")
+    assert parent == "KILLED" and len(keys) < len(reference) + (boundary == "end")
 
     outcome = run_study(spec, resume=True)
-    assert study_state(spec) == (uninterrupted["optuna"][0], "FINISHED")
-    assert outcome.best_point == uninterrupted["optuna"][1]
-    assert outcome.ran == len(uninterrupted["optuna"][0]) - len(keys)
+    assert study_state(spec) == (reference, "FINISHED")
+    assert outcome.best_point == point
+    assert outcome.ran == len(reference) - len(keys)
 
 
 def test_a_random_search_interrupted_at_every_boundary_in_turn_resumes_to_the_same_study(
