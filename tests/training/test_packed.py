@@ -570,16 +570,16 @@ def test_packed_gradients_equal_peft_gradients_on_embedded_model(fresh_smol):
 
 @pytest.mark.slow
 def test_packed_trials_equal_unpacked_on_embedded_model(fresh_smol):
-    """Same weights, answers and records as four PEFT trials run one by one (float64, see ``TOL``)."""
-    lm, facts = fresh_smol, zsre_facts(4)
+    """Same weights, answers and records as three PEFT trials run one by one (float64, see ``TOL``)."""
+    lm, facts = fresh_smol, zsre_facts(3)
     base = {r["fact_id"]: r for r in base_records(lm, facts)}
     embedder = AnswerEmbedder.from_model(lm, copy=True)
-    cfgs = [TrialConfig(lr=2e-2, steps=3, seed=s, gamma=g) for s, g in [(0, 0.0), (1, 1.0), (2, 0.0), (3, 4.0)]]
+    cfgs = [TrialConfig(lr=2e-2, steps=3, seed=s, gamma=g) for s, g in [(0, 0.0), (1, 1.0), (2, 4.0)]]
     packed = attach_packed_lora(lm.model, [c.seed for c in cfgs], 8, 16.0, ("q_proj", "v_proj"))
     try:
         train_packed(lm, packed, facts, cfgs, base)
-        got_weights = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(4)]
-        got_records = evaluate_packed(lm, packed, facts, [0, 1, 2, 3], base, embedder)
+        got_weights = [{k: v.clone() for k, v in packed.trial_weights(t).items()} for t in range(3)]
+        got_records = evaluate_packed(lm, packed, facts, [0, 1, 2], base, embedder)
     finally:
         packed.detach()
 
@@ -587,7 +587,7 @@ def test_packed_trials_equal_unpacked_on_embedded_model(fresh_smol):
     assert [r["y_new"] for r in got_records] == [r["y_new"] for r in want_records]
     assert any(r["y_new"] != base[r["fact_id"]]["y_old"] for r in got_records)
     assert_records_match(got_records, want_records)
-    for t in range(4):
+    for t in range(3):
         assert got_weights[t].keys() == want_weights[t].keys() and len(got_weights[t]) == 120
         for name, want in want_weights[t].items():
             assert_trained_alike(got_weights[t][name], want, cfgs[t], name)
