@@ -63,8 +63,13 @@ declare -A STUDY=(
   # × σ ∈ {variance, std} × Mean_min ∈ {0.1, 0.3} × ρ ∈ {0.2, 0.6, 1.0}. Random replacement reads none of λ, σ,
   # Mean_min: it runs once per ρ and pairs with every filter cell (raysem report shares the arm); λ = 0 ignores σ.
   [f3_screen]="filter_vs_random f3-screen --set name=f3-screen --set tracking.experiment=f3-screen --set sampling.n_samplings=2 --set sampling.seed=31 --set sweep.replace.grid=[0.2,0.6,1.0] --set sweep.filter_lambda.grid=[0.0,1.0,100.0] --set sweep.filter_sigma.grid=[variance,std] --set sweep.mean_min.grid=[0.1,0.3] --set exclude=[{\"filter_mode\":\"random\",\"filter_lambda\":0.0},{\"filter_mode\":\"random\",\"filter_lambda\":100.0},{\"filter_mode\":\"random\",\"filter_sigma\":\"std\"},{\"filter_mode\":\"random\",\"mean_min\":0.3},{\"filter_mode\":\"filter\",\"filter_lambda\":0.0,\"filter_sigma\":\"std\"}]"
+  # Finding 3's stage 2 (the confirmation), at stage 1's best cell by the plan's rule (largest mean filter − random:
+  # λ = 0, Mean_min = 0.3, ρ = 0.6, +8.00 pp over 2 pairs; σ drops out at λ = 0), which is also the plan's ρ = 0.6
+  # cell: 20 new paired samplings, seed 32. Then ρ ∈ {0.4, 0.8} at the same λ / Mean_min (the plan: if the budget allows).
+  [f3_confirm]="filter_vs_random f3-confirm --set name=f3-confirm --set tracking.experiment=f3-confirm --set sampling.n_samplings=20 --set sampling.seed=32 --set filter.filter_lambda=0.0 --set filter.mean_min=0.3 --set sweep.replace.grid=[0.6]"
+  [f3_confirm_rho]="filter_vs_random f3-confirm --set name=f3-confirm --set tracking.experiment=f3-confirm --set sampling.n_samplings=20 --set sampling.seed=32 --set filter.filter_lambda=0.0 --set filter.mean_min=0.3 --set sweep.replace.grid=[0.4,0.6,0.8]"
 )
-ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot f1_rerun f3_screen)
+ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot f1_rerun f3_screen f3_confirm f3_confirm_rho)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086
