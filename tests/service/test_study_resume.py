@@ -69,12 +69,9 @@ def uninterrupted(tmp_path_factory, tiny_model_dir, _ray_session):
     out = {}
     for algorithm in ("optuna", "random"):
         spec = searched_spec(tmp_path_factory.mktemp(algorithm), tiny_model_dir, algorithm)
-        os.environ[INTERRUPT_AT] = "end"
-        try:
-            with pytest.raises(StudyInterrupted, match="rerun with --resume"):
-                run_study(spec)
-        finally:
-            os.environ.pop(INTERRUPT_AT, None)
+        with pytest.MonkeyPatch.context() as env, pytest.raises(StudyInterrupted, match="rerun with --resume"):
+            env.setenv(INTERRUPT_AT, "end")
+            run_study(spec)
         keys, parent = study_state(spec)
         assert parent == "KILLED" and len(keys) == len(set(keys)) == count_trials(spec) == 2 + 2 * 2
         out[algorithm] = keys, confirmed_point(spec), spec
