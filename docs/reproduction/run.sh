@@ -68,8 +68,12 @@ declare -A STUDY=(
   # cell: 20 new paired samplings, seed 32. Then ρ ∈ {0.4, 0.8} at the same λ / Mean_min (the plan: if the budget allows).
   [f3_confirm]="filter_vs_random f3-confirm --set name=f3-confirm --set tracking.experiment=f3-confirm --set sampling.n_samplings=20 --set sampling.seed=32 --set filter.filter_lambda=0.0 --set filter.mean_min=0.3 --set sweep.replace.grid=[0.6]"
   [f3_confirm_rho]="filter_vs_random f3-confirm --set name=f3-confirm --set tracking.experiment=f3-confirm --set sampling.n_samplings=20 --set sampling.seed=32 --set filter.filter_lambda=0.0 --set filter.mean_min=0.3 --set sweep.replace.grid=[0.4,0.6,0.8]"
+  # Finding 2's COUNTERFACT panel from 10 to 30 samplings (the plan: its short band held 18 facts). The sampling is
+  # prefix-stable, so the first 10 are the trials already in MLflow; target_modules as they were when those ran
+  # (peft's default for Llama, now spelt out so that the trial settings match the logged ones).
+  [counterfact_more]="accuracy_vs_distance accuracy-vs-distance-counterfact --set name=accuracy-vs-distance-counterfact --set dataset=counterfact --set sampling.n_samplings=30 --set sweep.method.grid=[lora] --set trial.target_modules=[q_proj,v_proj]"
 )
-ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot f1_rerun f3_screen f3_confirm f3_confirm_rho)
+ORDER=(calibration calibration_sgd calibration_sgd_clip calibration_adapter single reweight reweight_gamma2 filter reweight_sgd adapter counterfact f4_calibration f4_reweight f1_zeroshot f1_rerun f3_screen f3_confirm f3_confirm_rho counterfact_more)
 for part in "${@:-${ORDER[@]}}"; do
   [[ -n "${STUDY[$part]:-}" ]] || { echo "unknown study $part; one of: ${ORDER[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086
