@@ -26,9 +26,11 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # Two pytest workers, one test file each at a time (most of the suite waits on process starts, Ray and
-# MLflow); one torch thread per worker, so that the two never oversubscribe the cores.
+# MLflow); one torch thread per worker, so that the two never oversubscribe the cores. Files are handed out
+# in tests/conftest.py's longest-first order: --no-loadscope-reorder stops xdist from re-sorting them by
+# their number of tests, which would leave a long one-test file (chaos) to run alone at the end.
 test: lint
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(VENV)/bin/raysem bench
