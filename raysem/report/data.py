@@ -75,6 +75,10 @@ PARAM_TYPES: dict[str, type] = {
 The first block is the run contract; the last line holds optional training settings that a
 sweep may vary (absent ones read as NaN)."""
 
+PARAM_DEFAULTS: dict[str, str] = {"filter_sigma": "variance"}
+"""What a param reads as on trials logged before it existed: the value they ran with (σ was read as a
+variance until ``filter_sigma`` became a setting), so that a study extended later is one configuration."""
+
 DOWNLOAD_THREADS = 8
 FEATURE_TRIALS_PER_MODEL = 50
 """Feature matrices are large (facts × hidden size); the PCA uses this many trials per model."""
@@ -209,6 +213,8 @@ def trial_table(runs: list[Run]) -> pd.DataFrame:
             frame[name] = frame[name].astype(object)
         else:
             frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    for name, default in PARAM_DEFAULTS.items():
+        frame[name] = frame[name].fillna(default)
     check_identities(frame)
     return frame.sort_values("trial_key", kind="stable").reset_index(drop=True)
 

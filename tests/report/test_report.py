@@ -598,3 +598,21 @@ def test_one_random_arm_pairs_with_every_filter_setting():
     # a random arm run at every λ is already paired by its own value and left as it is
     both = pd.concat([trials, trials[trials["filter_mode"] == "random"].assign(filter_lambda=0.0)], ignore_index=True)
     assert share_random_arm(both, series).equals(both)
+
+
+def test_a_param_logged_later_reads_as_the_value_earlier_trials_ran_with(tmp_path):
+    """Trials logged before ``filter_sigma`` existed ran with σ read as a variance: extended by newer trials that
+    log it, the study stays one configuration instead of splitting into σ=variance and σ=—."""
+    from raysem.report.analysis import CONFIG_COLUMNS, varying
+    from raysem.report.data import trial_table
+
+    client = MlflowClient(new_store(tmp_path))
+    exp = client.create_experiment("extended", artifact_location=(tmp_path / "artifacts").as_uri())
+    for sampling, extra in ((0, {}), (1, {"filter_sigma": "variance"})):
+        run = client.create_run(exp, tags={"raysem.role": "trial", "raysem.trial_key": f"s{sampling}"})
+        params = {"method": "lora", "k": 100, "sampling": sampling, "seed": sampling, "filter_mode": "none", **extra}
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    trials = trial_table(client.search_runs([exp]))
+    assert list(trials["filter_sigma"]) == ["variance", "variance"]
+    assert "filter_sigma" not in varying(trials, CONFIG_COLUMNS)
