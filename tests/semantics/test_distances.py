@@ -259,7 +259,7 @@ def test_cli_distances_errors(args, message, home):
 
 
 @pytest.mark.slow
-def test_ray_data_job_writes_the_same_table(tiny_model_dir, zsre6, home, tmp_path, capsys):
+def test_ray_data_job_writes_the_same_table(without_ray, tiny_model_dir, zsre6, home, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"model: {tiny_model_dir}\ndataset: {shared_file(ZSRE)}\nlimit: 6\nbatch_size: 4\nactors: 1\n")
     job = runpy.run_path(str(REPO_ROOT / "jobs" / "distance_table.py"))
