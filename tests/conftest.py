@@ -53,14 +53,13 @@ def ray_runtime(_ray_session, monkeypatch):
 
 
 @pytest.fixture()
-def without_ray():
-    """No Ray runtime in this test process: a test that starts its own (a job's ``main``, a simulated
-    cluster) would otherwise meet ``ray_runtime``'s, left running by an earlier test on the same worker,
-    and ``ray.init`` would refuse. ``ensure_ray`` starts the shared one again on its next use."""
+def without_ray() -> None:
+    """No Ray runtime in this test process: a test that starts its own (a job's ``main``) would otherwise
+    meet ``ray_runtime``'s, left running by an earlier test on the same worker, and ``ray.init`` would
+    refuse. ``ensure_ray`` starts the shared one again on its next use."""
     import ray
 
     ray.shutdown()
-    yield
 
 
 API_SERVER = "RAY_API_SERVER_ADDRESS"
