@@ -14,6 +14,9 @@ import yaml
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Ray gives a starting dashboard 60 s before `ray start` / `ray.init` fail; with both xdist workers starting
+# Ray and loading models on 2 cores it has taken longer. Inherited by the `ray start` the job test runs.
+os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (
