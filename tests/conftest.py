@@ -14,8 +14,8 @@ import yaml
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-# Ray gives a starting dashboard 60 s before `ray start` / `ray.init` fail; with both xdist workers starting
-# Ray and loading models on 2 cores it has taken longer. Inherited by the `ray start` the job test runs.
+# Ray gives a starting dashboard 60 s before `ray start` / `ray.init` fail; on a loaded 2-core machine it has
+# taken longer. Set here, it reaches every Ray the suite starts, the job test's `ray start` included.
 os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
